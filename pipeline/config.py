@@ -1,0 +1,292 @@
+"""The one typed configuration of terrafuse: defaults fit the sample scenes; a YAML/JSON file and
+`--set section.key=value` on the command line override them.
+
+Everything a component needs travels as `Config.to_dict()` in its custom_config, so executors that run in
+another process (Beam workers, Kubeflow containers) rebuild the same object with `Config.from_dict`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value or file that cannot be used; the message names it."""
+
+
+@dataclass(frozen=True)
+class TerrainClass:
+    id: int
+    name: str
+
+
+# ESA WorldCover-style ids: not contiguous, so nothing downstream may assume id == index.
+DEFAULT_CLASSES = (
+    TerrainClass(10, "trees"),
+    TerrainClass(30, "grass"),
+    TerrainClass(50, "building"),
+    TerrainClass(55, "road"),
+    TerrainClass(60, "bare_soil"),
+    TerrainClass(80, "water"),
+)
+
+LIDAR_CHANNEL_CHOICES = ("height", "intensity", "return_ratio", "density")
+
+
+@dataclass(frozen=True)
+class StreamsConfig:
+    """Band order of multispectral.tif and the LiDAR channels rasterised from the point cloud."""
+
+    multispectral_bands: tuple[str, ...] = ("blue", "green", "red", "nir", "swir")
+    lidar_channels: tuple[str, ...] = ("height", "intensity")
+    # Multiplier that brings float32 reflectance (0..1) to the uint16 scale (reflectance x 10000).
+    float_reflectance_scale: float = 10000.0
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # Span folders hold one folder per scene; matching every file makes the cache fingerprint cover all streams.
+    split_pattern: str = "span-{SPAN:4}/*/*"
+    patch_size: int = 9
+    # Side of the square spatial tile, in pixels, that train/eval splitting hashes on.
+    block_size: int = 32
+    # Labelled pixels sampled per class and scene (0 = all of them).
+    max_per_class: int = 2000
+    train_hash_buckets: int = 4
+    eval_hash_buckets: int = 1
+    sampling_seed: int = 0
+    # "fail": a run with any bad scene stops and lists them all; "skip": bad scenes are reported and left out.
+    on_bad_scene: str = "fail"
+
+
+@dataclass(frozen=True)
+class ValidationConfig:
+    # Label distribution divergences (L-infinity and Jensen-Shannon) above these stop the run before Transform.
+    train_eval_linf_max: float = 0.15
+    train_eval_js_max: float = 0.05
+    span_drift_linf_max: float = 0.10
+    span_drift_js_max: float = 0.03
+    # ExampleValidator anomalies stop the run unless this is False (they are then only reported).
+    fail_on_schema_anomalies: bool = True
+
+
+@dataclass(frozen=True)
+class TransformConfig:
+    # "per_stream": every band and LiDAR channel on its own statistics; "none": raw values (the seed's failure).
+    normalization: str = "per_stream"
+    # Normalised heights are clipped to this range (metres) before z-scoring: one tower must not set the scale.
+    height_clip_m: tuple[float, float] = (0.0, 40.0)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # "fused", "multispectral" or "lidar": which stream branches the CNN has.
+    streams: str = "fused"
+    branch_filters: tuple[int, ...] = (32, 64)
+    fused_filters: int = 64
+    dense_units: int = 64
+    dropout: float = 0.2
+    learning_rate: float = 2e-3
+    batch_size: int = 128
+    epochs: int = 12
+    early_stopping_patience: int = 3
+    # "none", "inverse", "sqrt_inverse" or "effective_number" (Cui et al. 2019).
+    class_weights: str = "effective_number"
+    effective_number_beta: float = 0.999
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    # Every class's argmax recall on the eval split must reach this floor.
+    min_class_recall: float = 0.5
+    # Macro recall may fall at most this much below the last blessed model's.
+    max_macro_recall_drop: float = 0.02
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    pipeline_name: str = "terrafuse"
+    data_root: str = "data/sample"
+    pipeline_root: str = "outputs"
+    serving_dir: str = ""  # empty: <pipeline_root>/serving
+    enable_cache: bool = True
+    # "in_memory" or "multi_processing" (Beam DirectRunner), or extra Beam args for another runner.
+    direct_running_mode: str = "in_memory"
+    direct_num_workers: int = 0  # 0: one per core
+    beam_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    classes: tuple[TerrainClass, ...] = DEFAULT_CLASSES
+    streams: StreamsConfig = field(default_factory=StreamsConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
+    transform: TransformConfig = field(default_factory=TransformConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def class_ids(self) -> tuple[int, ...]:
+        return tuple(c.id for c in self.classes)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    @property
+    def serving_dir(self) -> str:
+        return self.run.serving_dir or os.path.join(self.run.pipeline_root, "serving")
+
+    @property
+    def metadata_path(self) -> str:
+        return os.path.join(self.run.pipeline_root, "metadata.sqlite")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Config":
+        return _build(cls, data, "config")
+
+    def replace(self, overrides: dict[str, Any]) -> "Config":
+        """A copy with dotted-key overrides, e.g. {"model.epochs": 3}."""
+        data = self.to_dict()
+        for dotted, value in overrides.items():
+            section, _, key = dotted.rpartition(".")
+            target = data
+            for part in filter(None, section.split(".")):
+                if not isinstance(target, dict) or part not in target:
+                    raise ConfigError(f"unknown config section {section!r} in {dotted!r}")
+                target = target[part]
+            if not isinstance(target, dict) or key not in target:
+                raise ConfigError(f"unknown config key {dotted!r}")
+            target[key] = value
+        return Config.from_dict(data)
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the YAML/JSON file, then `section.key=value` strings (values parsed as YAML)."""
+    config = Config()
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"{path}: cannot read config: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: config must be a mapping of sections")
+        merged = config.to_dict()
+        for section, values in data.items():
+            if section not in merged:
+                raise ConfigError(f"{path}: unknown config section {section!r}")
+            if isinstance(merged[section], dict) and isinstance(values, dict):
+                unknown = set(values) - set(merged[section])
+                if unknown:
+                    raise ConfigError(f"{path}: unknown keys in {section!r}: {sorted(unknown)}")
+                merged[section].update(values)
+            else:
+                merged[section] = values
+        try:
+            config = Config.from_dict(merged)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from err
+    parsed = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} is not section.key=value")
+        parsed[key.strip()] = yaml.safe_load(raw)
+    return config.replace(parsed) if parsed else config
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown keys in {where}: {sorted(unknown)}")
+    kwargs = {name: _coerce(hints[name], value, f"{where}.{name}") for name, value in data.items()}
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return value if isinstance(value, hint) else _build(hint, value, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        args = typing.get_args(hint)
+        item_hint = args[0]
+        return tuple(_coerce(item_hint, v, f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return value
+    return value
+
+
+def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")
+
+
+def _validate(config: Config) -> None:
+    ids = config.class_ids
+    if len(ids) < 2 or len(set(ids)) != len(ids) or min(ids) <= 0:
+        raise ConfigError(f"classes need at least two distinct positive ids (0 = unlabelled), got {list(ids)}")
+    if len(set(config.class_names)) != len(config.class_names):
+        raise ConfigError(f"class names must be distinct, got {list(config.class_names)}")
+    bands = config.streams.multispectral_bands
+    if not bands or len(set(bands)) != len(bands):
+        raise ConfigError(f"streams.multispectral_bands must be distinct and non-empty, got {list(bands)}")
+    channels = config.streams.lidar_channels
+    if "height" not in channels or len(set(channels)) != len(channels):
+        raise ConfigError(f"streams.lidar_channels must be distinct and include 'height', got {list(channels)}")
+    for channel in channels:
+        _choice("streams.lidar_channels[]", channel, LIDAR_CHANNEL_CHOICES)
+    if config.ingest.patch_size < 1 or config.ingest.patch_size % 2 == 0:
+        raise ConfigError(f"ingest.patch_size must be odd (the labelled pixel is its centre), got {config.ingest.patch_size}")
+    if config.ingest.block_size < config.ingest.patch_size:
+        raise ConfigError("ingest.block_size must be at least ingest.patch_size")
+    if "{SPAN" in config.ingest.split_pattern and "{SPAN:" not in config.ingest.split_pattern:
+        raise ConfigError("ingest.split_pattern must give the span width, e.g. span-{SPAN:4}: a bare {SPAN} "
+                          "resolves span-0001 as span-1 and matches nothing")
+    _choice("ingest.on_bad_scene", config.ingest.on_bad_scene, ("fail", "skip"))
+    _choice("transform.normalization", config.transform.normalization, ("per_stream", "none"))
+    _choice("model.streams", config.model.streams, ("fused", "multispectral", "lidar"))
+    _choice("model.class_weights", config.model.class_weights,
+            ("none", "inverse", "sqrt_inverse", "effective_number"))
+    if not 0.0 <= config.gate.min_class_recall <= 1.0:
+        raise ConfigError(f"gate.min_class_recall must be in [0, 1], got {config.gate.min_class_recall}")
+    _choice("run.direct_running_mode", config.run.direct_running_mode,
+            ("in_memory", "multi_threading", "multi_processing"))

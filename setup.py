@@ -1,0 +1,12 @@
+"""terrafuse: a TFX pipeline that classifies terrain from multispectral imagery and LiDAR."""
+from setuptools import find_packages, setup
+
+setup(
+    name="terrafuse",
+    version="0.1.0",
+    description=__doc__,
+    python_requires=">=3.10,<3.11",
+    packages=find_packages(include=["pipeline*", "components*", "transforms*", "models*", "schemas*", "sample*"]),
+    package_data={"schemas": ["*.pbtxt"]},
+    entry_points={"console_scripts": ["terrafuse=pipeline.cli:main"]},
+)
