@@ -117,6 +117,7 @@ class RunConfig:
     data_root: str = "data/sample"
     pipeline_root: str = "outputs"
     serving_dir: str = ""  # empty: <pipeline_root>/serving
+    schema_file: str = ""  # empty: schemas/schema.pbtxt, the curated schema of the default streams
     enable_cache: bool = True
     # "in_memory" or "multi_processing" (Beam DirectRunner), or extra Beam args for another runner.
     direct_running_mode: str = "in_memory"

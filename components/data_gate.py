@@ -1,0 +1,188 @@
+"""The data gate: the one place that can stop a run before Transform.
+
+TFX's validators only record anomalies; downstream components run regardless. The gate reads what they found
+(schema anomalies from ExampleValidator, the eval-vs-train label comparison of DistributionValidator), measures
+label skew itself (train vs eval, and this span vs the training data of the last blessed model), and fails with
+a message naming the feature or class that moved, by how much, against which limit. When it passes it hands the
+training split's label counts to the Trainer, so class weights need no second pass over the data.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+from tensorflow_metadata.proto.v0 import anomalies_pb2
+from tfx import v1 as tfx
+from tfx.components.statistics_gen import stats_artifact_utils
+from tfx.utils import path_utils
+
+from models.class_weights import label_counts
+from models.trainer import read_training_record
+from pipeline.config import Config, ValidationConfig
+
+LABEL_COUNTS_FILE = "label_counts.json"
+GATE_REPORT_PROPERTY = "gate_report"
+
+
+class DataGateError(RuntimeError):
+    """The data is not fit to train on; the message says why."""
+
+
+@dataclass(frozen=True)
+class Divergence:
+    comparison: str  # e.g. "train vs eval"
+    linf: float
+    js: float
+    linf_max: float
+    js_max: float
+    moved_class: int  # the class whose share changed most
+    share_a: float
+    share_b: float
+
+    @property
+    def exceeded(self) -> bool:
+        return self.linf > self.linf_max or self.js > self.js_max
+
+    def describe(self, class_names: dict[int, str]) -> str:
+        name = class_names.get(self.moved_class, str(self.moved_class))
+        a, b = self.comparison.split(" vs ")
+        return (
+            f"label distribution {self.comparison}: L-infinity {self.linf:.3f} (limit {self.linf_max}), "
+            f"Jensen-Shannon {self.js:.4f} (limit {self.js_max}); class {self.moved_class} {name} moved most: "
+            f"{100 * self.share_a:.1f} % of {a} vs {100 * self.share_b:.1f} % of {b}"
+        )
+
+
+@dataclass
+class GateReport:
+    label_counts: dict[str, dict[int, int]]
+    divergences: list[Divergence] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "passed": self.passed,
+                "problems": self.problems,
+                "label_counts": {split: {str(k): v for k, v in c.items()} for split, c in self.label_counts.items()},
+                "divergences": [asdict(d) for d in self.divergences],
+            },
+            sort_keys=True,
+        )
+
+
+def distribution(counts: dict[int, int], class_ids: tuple[int, ...]) -> np.ndarray:
+    total = sum(counts.get(c, 0) for c in class_ids)
+    if total == 0:
+        return np.zeros(len(class_ids))
+    return np.array([counts.get(c, 0) / total for c in class_ids])
+
+
+def jensen_shannon(p: np.ndarray, q: np.ndarray) -> float:
+    """Base-2 Jensen-Shannon divergence in [0, 1], as TFDV computes it."""
+    m = 0.5 * (p + q)
+
+    def kl(a: np.ndarray) -> float:
+        mask = a > 0
+        return float(np.sum(a[mask] * np.log2(a[mask] / m[mask])))
+
+    return 0.5 * kl(p) + 0.5 * kl(q)
+
+
+def compare(comparison: str, a: dict[int, int], b: dict[int, int], class_ids: tuple[int, ...],
+            linf_max: float, js_max: float) -> Divergence:
+    p, q = distribution(a, class_ids), distribution(b, class_ids)
+    moved = int(np.argmax(np.abs(p - q)))
+    return Divergence(comparison, float(np.max(np.abs(p - q))), jensen_shannon(p, q), linf_max, js_max,
+                      class_ids[moved], float(p[moved]), float(q[moved]))
+
+
+def anomaly_messages(anomalies: anomalies_pb2.Anomalies, source: str) -> list[str]:
+    messages = []
+    for feature, info in sorted(anomalies.anomaly_info.items()):
+        reasons = "; ".join(r.description or r.short_description for r in info.reason) or info.description
+        messages.append(f"{source}: feature {feature!r}: {reasons}")
+    if anomalies.HasField("dataset_anomaly_info"):
+        info = anomalies.dataset_anomaly_info
+        reasons = "; ".join(r.description or r.short_description for r in info.reason) or info.description
+        messages.append(f"{source}: dataset: {reasons}")
+    return messages
+
+
+def evaluate(config: Config, counts: dict[str, dict[int, int]], schema_anomalies: list[str],
+             distribution_anomalies: list[str], baseline_train_counts: dict[int, int] | None) -> GateReport:
+    """Decides whether the data may be trained on. Pure: every input is already read from disk."""
+    limits: ValidationConfig = config.validation
+    report = GateReport(label_counts=counts)
+    names = dict(zip(config.class_ids, config.class_names))
+    if schema_anomalies:
+        if limits.fail_on_schema_anomalies:
+            report.problems.extend(schema_anomalies)
+        else:
+            logging.warning("Schema anomalies (not failing: validation.fail_on_schema_anomalies is false):\n%s",
+                            "\n".join(schema_anomalies))
+    report.problems.extend(distribution_anomalies)
+    for split in ("train", "eval"):
+        if sum(counts[split].values()) == 0:
+            report.problems.append(f"the {split} split has no labelled examples")
+    missing = [f"{c} {names[c]}" for c in config.class_ids if counts["train"].get(c, 0) == 0]
+    if missing:
+        report.problems.append(f"classes with no training examples (the model cannot learn them): {missing}")
+    comparisons = [("train vs eval", counts["train"], counts["eval"], limits.train_eval_linf_max, limits.train_eval_js_max)]
+    if baseline_train_counts is not None:
+        comparisons.append(("last blessed model's training data vs this span's training data",
+                            baseline_train_counts, counts["train"], limits.span_drift_linf_max, limits.span_drift_js_max))
+    for label, a, b, linf_max, js_max in comparisons:
+        if sum(a.values()) and sum(b.values()):
+            divergence = compare(label, a, b, config.class_ids, linf_max, js_max)
+            report.divergences.append(divergence)
+            if divergence.exceeded:
+                report.problems.append(divergence.describe(names))
+    return report
+
+
+def _read_anomalies(artifact: tfx.types.Artifact, source: str) -> list[str]:
+    messages = []
+    for path in sorted(glob.glob(os.path.join(artifact.uri, "*", "SchemaDiff.pb"))):
+        anomalies = anomalies_pb2.Anomalies.FromString(open(path, "rb").read())
+        where = os.path.basename(os.path.dirname(path))
+        messages.extend(anomaly_messages(anomalies, f"{source} ({where})"))
+    return messages
+
+
+@tfx.dsl.components.component
+def DataGate(
+    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
+    schema_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    distribution_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    training_labels: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.HyperParameters],
+    config_json: tfx.dsl.components.Parameter[str],
+    baseline_model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model] = None,
+) -> None:
+    """Fails the run on schema anomalies or label skew; otherwise passes label counts on to the Trainer."""
+    config = Config.from_dict(json.loads(config_json))
+    counts = {
+        split: label_counts(stats_artifact_utils.load_statistics(statistics, split).proto(), config.class_ids)
+        for split in ("train", "eval")
+    }
+    baseline_counts = None
+    if baseline_model is not None:
+        record = read_training_record(path_utils.serving_model_path(baseline_model.uri))
+        baseline_counts = {int(k): int(v) for k, v in record["label_counts"]["train"].items()}
+    report = evaluate(config, counts, _read_anomalies(schema_anomalies, "ExampleValidator"),
+                      _read_anomalies(distribution_anomalies, "DistributionValidator"), baseline_counts)
+    training_labels.set_string_custom_property(GATE_REPORT_PROPERTY, report.to_json())
+    for divergence in report.divergences:
+        logging.info("Data gate: %s", divergence.describe(dict(zip(config.class_ids, config.class_names))))
+    if not report.passed:
+        raise DataGateError("Data gate stopped the run before Transform:\n  " + "\n  ".join(report.problems))
+    with open(os.path.join(training_labels.uri, LABEL_COUNTS_FILE), "w") as f:
+        json.dump({split: {str(k): v for k, v in c.items()} for split, c in counts.items()}, f, sort_keys=True)

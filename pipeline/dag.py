@@ -1,0 +1,116 @@
+"""The terrafuse DAG, top to bottom, shared by every runner (LocalDagRunner and KubeflowV2DagRunner)."""
+from __future__ import annotations
+
+import os
+
+from tfx import v1 as tfx
+from tfx.components import DistributionValidator
+from tensorflow_metadata.proto.v0 import path_pb2, schema_pb2
+
+from components.atomic_pusher import AtomicPusher
+from components.data_gate import DataGate
+from components.scene_example_gen import SceneExampleGen
+from models.evaluation import eval_config
+from pipeline.config import Config
+from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
+from transforms.features import LABEL, layout
+
+TRANSFORM_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "transforms", "preprocessing.py")
+TRAINER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "models", "trainer.py")
+
+
+def schema_file(config: Config) -> str:
+    """The curated schema for this configuration; it must describe every stream feature the config asks for."""
+    path = config.run.schema_file or str(DEFAULT_SCHEMA_FILE)
+    missing = set(layout(config).stream_features) - schema_feature_names(path)
+    if missing:
+        raise ValueError(f"{path}: schema has no entry for {sorted(missing)}; "
+                         f"write one with `terrafuse schema --out FILE` and set run.schema_file")
+    return os.path.abspath(path)
+
+
+def label_skew_config(config: Config) -> tfx.proto.DistributionValidatorConfig:
+    comparator = schema_pb2.FeatureComparator()
+    comparator.infinity_norm.threshold = config.validation.train_eval_linf_max
+    comparator.jensen_shannon_divergence.threshold = config.validation.train_eval_js_max
+    return tfx.proto.DistributionValidatorConfig(
+        default_slice_config=tfx.proto.DistributionValidatorConfig.DatasetConfig(
+            feature=[tfx.proto.FeatureComparator(path=path_pb2.Path(step=[LABEL]), distribution_comparator=comparator)]
+        )
+    )
+
+
+def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    """The whole DAG; runners add only where it runs (metadata store, orchestrator)."""
+    example_gen = SceneExampleGen(config)
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file(config))
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"]
+    )
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema_gen.outputs["schema"]
+    )
+    label_skew_validator = DistributionValidator(
+        statistics=statistics_gen.outputs["statistics"],
+        baseline_statistics=statistics_gen.outputs["statistics"],
+        config=label_skew_config(config),
+        include_split_pairs=[("eval", "train")],
+    )
+    latest_blessed_model = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model")
+    data_gate = DataGate(
+        statistics=statistics_gen.outputs["statistics"],
+        schema_anomalies=example_validator.outputs["anomalies"],
+        distribution_anomalies=label_skew_validator.outputs["anomalies"],
+        baseline_model=latest_blessed_model.outputs["model"],
+        config_json=config.to_json(),
+    )
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"],
+        schema=schema_gen.outputs["schema"],
+        module_file=os.path.normpath(TRANSFORM_MODULE),
+        custom_config={"config": config.to_dict()},
+    )
+    transform.add_upstream_node(data_gate)
+    trainer = tfx.components.Trainer(
+        module_file=os.path.normpath(TRAINER_MODULE),
+        examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"],
+        schema=schema_gen.outputs["schema"],
+        hyperparameters=data_gate.outputs["training_labels"],
+        train_args=tfx.proto.TrainArgs(splits=["train"]),
+        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config={"config": config.to_dict()},
+    )
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=trainer.outputs["model"],
+        baseline_model=latest_blessed_model.outputs["model"],
+        eval_config=eval_config(config),
+        example_splits=["eval"],
+    )
+    pusher = AtomicPusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"], serving_dir=config.serving_dir
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.run.pipeline_name,
+        pipeline_root=os.path.abspath(config.run.pipeline_root),
+        components=[example_gen, schema_gen, statistics_gen, example_validator, label_skew_validator,
+                    latest_blessed_model, data_gate, transform, trainer, evaluator, pusher],
+        enable_cache=config.run.enable_cache,
+        metadata_connection_config=metadata_connection_config,
+        beam_pipeline_args=beam_args(config),
+    )
+
+
+def beam_args(config: Config) -> list[str]:
+    """DirectRunner settings from config, then any extra Beam args (e.g. to move to Dataflow, Flink or Spark)."""
+    workers = config.run.direct_num_workers or os.cpu_count() or 1
+    return [
+        f"--direct_running_mode={config.run.direct_running_mode}",
+        f"--direct_num_workers={workers}",
+        *config.run.beam_args,
+    ]

@@ -1,0 +1,27 @@
+"""Local runs: LocalDagRunner with the Beam DirectRunner and an SQLite ML Metadata store under the pipeline root."""
+from __future__ import annotations
+
+import logging
+import os
+
+from pipeline.config import Config
+
+
+def run_local(config: Config) -> bool:
+    """Runs the DAG; prints what the run found. False when a component stopped the run."""
+    from tfx import v1 as tfx
+
+    from pipeline.dag import create_pipeline
+    from pipeline.summary import last_run, render
+
+    os.makedirs(config.run.pipeline_root, exist_ok=True)
+    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(os.path.abspath(config.metadata_path))
+    ok = True
+    try:
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))
+    except Exception as err:  # the summary below still reports what ran; the message says what stopped it
+        logging.debug("run failed", exc_info=True)
+        print(f"\nRun stopped: {type(err).__name__}: {err}\n")
+        ok = False
+    print(render(config, last_run(config)))
+    return ok

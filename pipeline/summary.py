@@ -1,0 +1,119 @@
+"""What the last run found, read back from ML Metadata: data, skew, per-class recall, the verdict, the push.
+
+The pipeline's components record everything in MLMD; this module only reads, so the same summary works for a
+fresh run, a cached rerun and a run that stopped at the data gate.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+from ml_metadata.metadata_store import metadata_store
+from ml_metadata.proto import metadata_store_pb2
+
+from pipeline.config import Config
+
+
+@dataclass
+class ComponentRun:
+    node: str
+    state: str  # COMPLETE, CACHED, FAILED, RUNNING ...
+    seconds: float
+    outputs: dict[str, list[metadata_store_pb2.Artifact]] = field(default_factory=dict)
+
+
+def open_store(config: Config) -> metadata_store.MetadataStore:
+    connection = metadata_store_pb2.ConnectionConfig()
+    connection.sqlite.filename_uri = os.path.abspath(config.metadata_path)
+    connection.sqlite.connection_mode = metadata_store_pb2.SqliteMetadataSourceConfig.READONLY
+    return metadata_store.MetadataStore(connection)
+
+
+def last_run(config: Config) -> list[ComponentRun]:
+    """Every component execution of the newest pipeline run, in the order they started."""
+    if not os.path.exists(config.metadata_path):
+        return []
+    store = open_store(config)
+    runs = [c for c in store.get_contexts_by_type("pipeline_run")]
+    if not runs:
+        return []
+    newest = max(runs, key=lambda c: c.create_time_since_epoch)
+    node_of = {}
+    for node in store.get_contexts_by_type("node"):
+        for execution in store.get_executions_by_context(node.id):
+            node_of[execution.id] = node.name.split(".", 1)[-1]
+    executions = sorted(store.get_executions_by_context(newest.id), key=lambda e: e.create_time_since_epoch)
+    events = store.get_events_by_execution_ids([e.id for e in executions])
+    artifacts = {a.id: a for a in store.get_artifacts_by_id({e.artifact_id for e in events})}
+    result = []
+    for execution in executions:
+        run = ComponentRun(
+            node=node_of.get(execution.id, str(execution.type)),
+            state=metadata_store_pb2.Execution.State.Name(execution.last_known_state),
+            seconds=(execution.last_update_time_since_epoch - execution.create_time_since_epoch) / 1000.0,
+        )
+        for event in events:
+            if event.execution_id == execution.id and event.type == metadata_store_pb2.Event.OUTPUT:
+                key = event.path.steps[0].key if event.path.steps else "output"
+                run.outputs.setdefault(key, []).append(artifacts[event.artifact_id])
+        result.append(run)
+    return result
+
+
+def _output(runs: list[ComponentRun], node: str, key: str) -> metadata_store_pb2.Artifact | None:
+    for run in runs:
+        if run.node == node and run.outputs.get(key):
+            return run.outputs[key][0]
+    return None
+
+
+def _string_property(artifact: metadata_store_pb2.Artifact, name: str) -> str | None:
+    value = artifact.custom_properties.get(name)
+    return value.string_value if value is not None else None
+
+
+def render(config: Config, runs: list[ComponentRun]) -> str:
+    """A short plain-text summary for the terminal."""
+    from components.data_gate import GATE_REPORT_PROPERTY
+
+    if not runs:
+        return "No run recorded in " + config.metadata_path
+    lines = ["Components (state, seconds):"]
+    lines += [f"  {r.node:<28} {r.state:<9} {r.seconds:7.1f}" for r in runs]
+    names = dict(zip(config.class_ids, config.class_names))
+    gate = _output(runs, "DataGate", "training_labels")
+    report = json.loads(_string_property(gate, GATE_REPORT_PROPERTY) or "{}") if gate else {}
+    if report:
+        lines.append("Examples per split and class:")
+        for split, counts in report["label_counts"].items():
+            total = sum(counts.values())
+            per_class = ", ".join(f"{names[int(k)]} {v}" for k, v in sorted(counts.items(), key=lambda kv: int(kv[0])))
+            lines.append(f"  {split:<5} {total:6d}: {per_class}")
+        for d in report["divergences"]:
+            lines.append(f"  skew {d['comparison']}: L-inf {d['linf']:.3f} (limit {d['linf_max']}), "
+                         f"JS {d['js']:.4f} (limit {d['js_max']})")
+    lines += evaluation_lines(config, runs)
+    return "\n".join(lines)
+
+
+def evaluation_lines(config: Config, runs: list[ComponentRun]) -> list[str]:
+    from models.evaluation import read_evaluation
+
+    evaluation = _output(runs, "Evaluator", "evaluation")
+    if evaluation is None:
+        return ["No model evaluated in this run."]
+    result = read_evaluation(evaluation.uri, config)
+    lines = ["Eval split, argmax recall per class (floor %.2f):" % config.gate.min_class_recall]
+    for name, recall in result.per_class_recall.items():
+        mark = "ok" if recall >= config.gate.min_class_recall else "BELOW FLOOR"
+        lines.append(f"  {name:<12} {recall:.3f}  {mark}")
+    lines.append(f"  macro recall {result.macro_recall:.3f}; most predicted class takes "
+                 f"{100 * result.majority_prediction_share:.1f} % of predictions")
+    lines.append("Verdict: " + ("BLESSED" if result.blessed else "NOT BLESSED: " + "; ".join(result.failures)))
+    pushed = _output(runs, "Pusher", "pushed_model")
+    if pushed is not None and pushed.custom_properties.get("pushed") and pushed.custom_properties["pushed"].int_value:
+        lines.append("Pushed: " + _string_property(pushed, "pushed_destination"))
+    else:
+        lines.append("Nothing pushed" + ("" if result.blessed else " (the model was not blessed)"))
+    return lines
