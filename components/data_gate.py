@@ -6,7 +6,6 @@ label skew itself (train vs eval, and this span vs the training data of the last
 a message naming the feature or class that moved, by how much, against which limit. When it passes it hands the
 training split's label counts to the Trainer, so class weights need no second pass over the data.
 """
-from __future__ import annotations
 
 import glob
 import json
@@ -18,6 +17,7 @@ import numpy as np
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.components.statistics_gen import stats_artifact_utils
+from tfx.types import Artifact
 from tfx.utils import path_utils
 
 from models.class_weights import label_counts
@@ -149,7 +149,7 @@ def evaluate(config: Config, counts: dict[str, dict[int, int]], schema_anomalies
     return report
 
 
-def _read_anomalies(artifact: tfx.types.Artifact, source: str) -> list[str]:
+def _read_anomalies(artifact: Artifact, source: str) -> list[str]:
     messages = []
     for path in sorted(glob.glob(os.path.join(artifact.uri, "*", "SchemaDiff.pb"))):
         anomalies = anomalies_pb2.Anomalies.FromString(open(path, "rb").read())

@@ -8,6 +8,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -110,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbose else "3")
+    # google-api-core warns on every import that Python 3.10 is old; TFX 1.16 installs on 3.10 only.
+    warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

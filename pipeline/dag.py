@@ -108,9 +108,7 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
 
 def beam_args(config: Config) -> list[str]:
     """DirectRunner settings from config, then any extra Beam args (e.g. to move to Dataflow, Flink or Spark)."""
-    workers = config.run.direct_num_workers or os.cpu_count() or 1
-    return [
-        f"--direct_running_mode={config.run.direct_running_mode}",
-        f"--direct_num_workers={workers}",
-        *config.run.beam_args,
-    ]
+    args = [f"--direct_running_mode={config.run.direct_running_mode}"]
+    if config.run.direct_running_mode != "in_memory":  # in-memory runs one worker whatever is asked
+        args.append(f"--direct_num_workers={config.run.direct_num_workers or os.cpu_count() or 1}")
+    return args + list(config.run.beam_args)

@@ -38,8 +38,8 @@ def build_schema(config: Config) -> schema_pb2.Schema:
         feature = schema.feature.add(name=name, type=schema_pb2.FLOAT)
         feature.presence.min_fraction = 1.0
         feature.presence.min_count = 1
-        feature.value_count.min = lay.patch_values
-        feature.value_count.max = lay.patch_values
+        # A fixed shape makes Transform and serving parse dense [P*P] tensors, and TFDV check the length.
+        feature.shape.dim.add(size=lay.patch_values)
         feature.float_domain.min, feature.float_domain.max = domain
         feature.annotation.comment.append(description)
 
@@ -61,8 +61,7 @@ def build_schema(config: Config) -> schema_pb2.Schema:
         feature = label if name == LABEL else schema.feature.add(name=name, type=metadata_types[name])
         feature.presence.min_fraction = 1.0
         feature.presence.min_count = 1
-        feature.value_count.min = 1
-        feature.value_count.max = 1
+        feature.shape.SetInParent()  # a scalar
         feature.not_in_environment.append(SERVING)
     return schema
 

@@ -36,7 +36,7 @@ def _config(**overrides) -> Config:
 PER_STREAM = _config(**{"streams.lidar_channels": ["height", "intensity", "return_ratio", "density"]})
 # Reordered bands and channels: outputs must follow the config order, not a fixed one.
 RAW = _config(**{"transform.normalization": "none",
-                 "streams.multispectral_bands": ["swir", "red", "blue"],
+                 "streams.multispectral_bands": ["swir", "red", "blue", "nir"],
                  "streams.lidar_channels": ["density", "height"]})
 
 
@@ -201,7 +201,7 @@ def test_normalization_none_passes_raw_values_in_config_order(raw):
 
 def test_distinct_constant_band_lands_in_its_channel(raw):
     red = layout(RAW).multispectral.index(MS_PREFIX + "red")
-    assert red == 1  # config order swir, red, blue
+    assert red == 1  # config order swir, red, blue, nir
     for split in ("train", "eval"):
         ms = raw[split][MULTISPECTRAL]
         assert np.all(ms[..., red] == CONSTANT)

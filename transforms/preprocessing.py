@@ -70,7 +70,7 @@ def _lidar_pretransform(channel: str, config: Config) -> Callable[[tf.Tensor], t
     """The per-channel step before z-scoring (see the module docstring for why)."""
     low, high = config.transform.height_clip_m
     return {
-        "height": tf.identity,
+        "height": lambda x: tf.clip_by_value(x, low, high),
         "intensity": tf.math.log1p,
         "return_ratio": tf.identity,
         "density": tf.math.log1p,

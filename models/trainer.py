@@ -1,0 +1,193 @@
+"""TFX Trainer module: train the fused CNN on Transform outputs and export a model that serves raw examples.
+
+TFX imports this file as the top-level module `trainer` from a wheel of its folder, so project code is
+imported by absolute package name (the installed terrafuse package).
+
+Inputs from the DAG: `fn_args.hyperparameters` is the data gate's label counts
+{"train": {"<class id>": n}, "eval": {...}} and `fn_args.custom_config["config"]` is `Config.to_dict()`.
+Training runs `model.epochs` full passes (TrainArgs.num_steps is not used) and keeps the epoch with the
+best eval macro argmax recall, the quantity the Evaluator gates on.
+
+The exported SavedModel has two signatures, both on serialized raw tf.Examples:
+- `serving_default` (examples without label or metadata) -> probabilities [N, K], class_index and
+  class_id [N]; it runs the Transform graph itself, so TF Serving needs nothing else.
+- `transform_features` (examples with label) -> Transform outputs; the Evaluator uses it to get the
+  label index (see models/evaluation.py).
+`assets.extra/terrafuse_training.json` records the class table, label counts, class weights and config.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras
+
+from models.class_weights import class_weights
+from models.fused_cnn import STREAMS_BY_MODE, build_model
+from models.metrics import argmax_recalls
+from pipeline.config import Config
+from transforms.features import LABEL_INDEX, layout, raw_feature_spec
+
+SERVING_SIGNATURE = "serving_default"
+TRANSFORM_SIGNATURE = "transform_features"
+SERVING_INPUT = "examples"
+PROBABILITIES = "probabilities"
+CLASS_INDEX = "class_index"
+CLASS_ID = "class_id"
+TRAINING_RECORD_PATH = os.path.join("assets.extra", "terrafuse_training.json")
+VAL_MACRO_RECALL = "val_macro_argmax_recall"
+# Serialized 9x9 patches of 7 channels are ~2.5 kB: 100k of them stay well under the Trainer's memory.
+MAX_SHUFFLE_BUFFER = 100_000
+
+
+def run_fn(fn_args) -> None:
+    """TFX Trainer entry point."""
+    if not fn_args.custom_config or "config" not in fn_args.custom_config:
+        raise ValueError('Trainer needs custom_config={"config": Config.to_dict()}')
+    if not fn_args.hyperparameters or "train" not in fn_args.hyperparameters:
+        raise ValueError("Trainer needs the data gate's label counts as hyperparameters ({'train': ..., 'eval': ...})")
+    config = Config.from_dict(fn_args.custom_config["config"])
+    counts = {split: _counts_by_id(split_counts, config) for split, split_counts in fn_args.hyperparameters.items()}
+    weights = class_weights(counts["train"], config.class_ids, config.model.class_weights,
+                            config.model.effective_number_beta)
+    for index, (class_id, name) in enumerate(zip(config.class_ids, config.class_names)):
+        logging.info("class %s (id %d): %d training examples, weight %.4f (%s)",
+                     name, class_id, counts["train"][class_id], weights[index], config.model.class_weights)
+
+    tf_keras.utils.set_random_seed(config.model.seed)
+    transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
+    streams = STREAMS_BY_MODE[config.model.streams]
+    train = _dataset(fn_args.train_files, transform_output, config, streams,
+                     shuffle_buffer=min(sum(counts["train"].values()), MAX_SHUFFLE_BUFFER))
+    evaluation = _dataset(fn_args.eval_files, transform_output, config, streams, shuffle_buffer=0)
+
+    model = build_model(config)
+    history = model.fit(
+        train,
+        validation_data=evaluation,
+        epochs=config.model.epochs,
+        class_weight=weights,
+        callbacks=[
+            MacroRecallCallback(evaluation, len(config.class_ids)),
+            tf_keras.callbacks.EarlyStopping(monitor=VAL_MACRO_RECALL, mode="max",
+                                             patience=config.model.early_stopping_patience,
+                                             restore_best_weights=True),
+            tf_keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
+        ],
+    )
+    best_epoch = int(np.argmax(history.history[VAL_MACRO_RECALL]))
+    record = {
+        "class_table": [{"index": i, "id": c.id, "name": c.name} for i, c in enumerate(config.classes)],
+        "label_counts": {split: {str(k): v for k, v in c.items()} for split, c in counts.items()},
+        "class_weights": {"mode": config.model.class_weights, "beta": config.model.effective_number_beta,
+                          "by_class_id": {str(config.class_ids[i]): w for i, w in weights.items()}},
+        "epochs_run": len(history.history[VAL_MACRO_RECALL]),
+        "best_epoch": best_epoch + 1,
+        "best_val_macro_argmax_recall": history.history[VAL_MACRO_RECALL][best_epoch],
+        "config": config.to_dict(),
+    }
+    export_serving_model(model, transform_output, config, fn_args.serving_model_dir, record)
+
+
+class MacroRecallCallback(tf_keras.callbacks.Callback):
+    """Adds the eval split's macro argmax recall to the epoch logs, for early stopping and TensorBoard.
+
+    Must come before the callbacks that read it. A class absent from the eval split is left out of the
+    mean here (training goes on); the Evaluator's gate refuses such a model.
+    """
+
+    def __init__(self, evaluation: tf.data.Dataset, num_classes: int):
+        super().__init__()
+        self._evaluation = evaluation
+        self._num_classes = num_classes
+
+    def on_epoch_end(self, epoch, logs=None):
+        labels, probabilities = [], []
+        for features, label in self._evaluation:
+            probabilities.append(self.model(features, training=False).numpy())
+            labels.append(label.numpy())
+        recalls = argmax_recalls(np.concatenate(labels), np.concatenate(probabilities), self._num_classes)
+        logging.info("epoch %d eval argmax recall per class: %s", epoch + 1, np.round(recalls, 3).tolist())
+        logs[VAL_MACRO_RECALL] = float(np.nanmean(recalls))
+
+
+def _counts_by_id(split_counts: dict[str, Any], config: Config) -> dict[int, int]:
+    by_id = {int(class_id): int(n) for class_id, n in split_counts.items()}
+    return {class_id: by_id.get(class_id, 0) for class_id in config.class_ids}
+
+
+def _model_inputs(features: dict[str, tf.Tensor], config: Config, streams) -> dict[str, tf.Tensor]:
+    lay = layout(config)
+    return {s: tf.reshape(tf.cast(features[s], tf.float32), [-1, *lay.stream_shape(s)]) for s in streams}
+
+
+def _dataset(file_patterns, transform_output: tft.TFTransformOutput, config: Config, streams,
+             shuffle_buffer: int) -> tf.data.Dataset:
+    """(features, label index) batches from gzipped transformed TFRecords.
+
+    Serialized records are cached and (for training) shuffled across the split (up to MAX_SHUFFLE_BUFFER)
+    before batching: examples arrive grouped by scene, and a short buffer would feed batches of one scene.
+    Parsing runs on batches, after `batch`.
+    """
+    patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
+    files = sorted(f for pattern in patterns for f in tf.io.gfile.glob(pattern))
+    if not files:
+        raise FileNotFoundError(f"no transformed examples match {patterns}")
+    spec = transform_output.transformed_feature_spec()
+
+    def parse(serialized):
+        parsed = tf.io.parse_example(serialized, spec)
+        return _model_inputs(parsed, config, streams), parsed[LABEL_INDEX]
+
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").cache()
+    if shuffle_buffer:
+        records = records.shuffle(shuffle_buffer, seed=config.model.seed, reshuffle_each_iteration=True)
+    return (records.batch(config.model.batch_size)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def export_serving_model(model: tf_keras.Model, transform_output: tft.TFTransformOutput, config: Config,
+                         serving_model_dir: str, training_record: dict[str, Any]) -> None:
+    """SavedModel with the `serving_default` and `transform_features` signatures, plus the training record."""
+    model.tft_layer = transform_output.transform_features_layer()  # tracked, so its graph is saved
+    streams = STREAMS_BY_MODE[config.model.streams]
+    serving_spec = raw_feature_spec(config, with_label=False, with_metadata=False)
+    evaluation_spec = transform_output.raw_feature_spec()
+    class_ids = tf.constant(config.class_ids, dtype=tf.int64)
+    examples = tf.TensorSpec([None], tf.string, name=SERVING_INPUT)
+
+    @tf.function(input_signature=[examples])
+    def serve(examples):
+        transformed = model.tft_layer(tf.io.parse_example(examples, serving_spec))
+        probabilities = model(_model_inputs(transformed, config, streams), training=False)
+        class_index = tf.argmax(probabilities, axis=-1, output_type=tf.int64)
+        return {PROBABILITIES: probabilities, CLASS_INDEX: class_index,
+                CLASS_ID: tf.gather(class_ids, class_index)}
+
+    @tf.function(input_signature=[examples])
+    def transform_features(examples):
+        return model.tft_layer(tf.io.parse_example(examples, evaluation_spec))
+
+    model.save(serving_model_dir, save_format="tf", include_optimizer=False,
+               signatures={SERVING_SIGNATURE: serve, TRANSFORM_SIGNATURE: transform_features})
+    record_path = os.path.join(serving_model_dir, TRAINING_RECORD_PATH)
+    tf.io.gfile.makedirs(os.path.dirname(record_path))
+    with tf.io.gfile.GFile(record_path, "w") as f:
+        json.dump(training_record, f, indent=2, sort_keys=True)
+
+
+def read_training_record(serving_model_dir: str) -> dict[str, Any]:
+    """The record a trained (or pushed) model carries: class_table, label_counts {split: {"<id>": n}},
+    class_weights, config, epochs. JSON as written: class ids are string keys."""
+    path = os.path.join(serving_model_dir, TRAINING_RECORD_PATH)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"{path}: no training record (was this model exported by models/trainer.py?)")
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)

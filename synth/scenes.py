@@ -1,0 +1,581 @@
+"""Deterministic sample scenes: real GeoTIFF and LAZ files with plausible physics, class imbalance and a known answer.
+
+Tests and `make run` need data without downloads, and a known answer shows whether each stream carries the
+signal it should: spectra separate road from bare soil but not grass from trees (height does), roofs look like
+roads from above (height again), and the raw scales differ by about three orders of magnitude (reflectance x
+10000 against metres), which an unnormalised model does not survive.
+
+Layout written by `generate_sample`:
+    out_dir/manifest.json                        seed, sizes, class counts per span and scene (the known answer)
+    out_dir/span-0001/scene-000/multispectral.tif
+                               /lidar.laz         (or lidar_ndsm.tif + lidar_intensity.tif: grids="prerasterized")
+                               /labels.tif
+Span folders hold only scene folders and scene folders only stream files, as ingestion matches `span-*/*/*`.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import laspy
+import numpy as np
+import pyproj
+import rasterio
+from rasterio import Affine
+from rasterio.warp import Resampling, calculate_default_transform, reproject
+from scipy import ndimage, special
+
+from pipeline.config import Config, StreamsConfig
+
+# The reflectance tuples below follow the config's default band order; other orders are looked up by name.
+SPECTRUM_BANDS = StreamsConfig().multispectral_bands
+
+
+@dataclass(frozen=True)
+class SurfaceSignature:
+    """How one terrain class looks to each sensor, and how often annotators labelled it."""
+
+    reflectance: tuple[float, ...]  # surface reflectance 0..1, one per SPECTRUM_BANDS band
+    height_m: tuple[float, float]  # range of object heights above ground (canopy tops, roofs)
+    intensity: int  # mean LiDAR intensity of a full-energy return (uint16 scale)
+    asprs_class: int  # LAS classification of the surface return
+    pulse_return_rate: float  # share of laser pulses that come back at all
+    label_share: float  # expected share of the labelled pixels
+    shifted_label_share: float  # the same in a drifted span (shifted_span)
+
+
+_ASPHALT = (0.085, 0.092, 0.100, 0.118, 0.135)
+
+# Keyed by the class names of the config's default class table.
+SIGNATURES: dict[str, SurfaceSignature] = {
+    # Broadleaf canopy is grass's spectrum ~5% darker: inside the region-to-region brightness spread, so
+    # spectra alone cannot tell trees from grass; canopy height can.
+    "trees": SurfaceSignature(
+        reflectance=(0.038, 0.080, 0.047, 0.342, 0.190), height_m=(8.0, 25.0), intensity=24000,
+        asprs_class=5, pulse_return_rate=1.0, label_share=0.265, shifted_label_share=0.14),
+    "grass": SurfaceSignature(
+        reflectance=(0.040, 0.084, 0.050, 0.360, 0.200), height_m=(0.0, 0.5), intensity=30000,
+        asprs_class=2, pulse_return_rate=1.0, label_share=0.41, shifted_label_share=0.15),
+    # Bitumen flat roofs and asphalt roads are one material seen from above: only height separates them.
+    "building": SurfaceSignature(
+        reflectance=_ASPHALT, height_m=(4.0, 15.0), intensity=11000,
+        asprs_class=6, pulse_return_rate=1.0, label_share=0.07, shifted_label_share=0.06),
+    "road": SurfaceSignature(
+        reflectance=_ASPHALT, height_m=(0.0, 0.0), intensity=10000,
+        asprs_class=2, pulse_return_rate=1.0, label_share=0.09, shifted_label_share=0.08),
+    # Dry ploughed soil: brighter and redder than asphalt with high SWIR, at ground height like roads.
+    "bare_soil": SurfaceSignature(
+        reflectance=(0.100, 0.140, 0.190, 0.250, 0.330), height_m=(0.0, 0.0), intensity=21000,
+        asprs_class=2, pulse_return_rate=1.0, label_share=0.13, shifted_label_share=0.30),
+    # Water absorbs NIR and SWIR, and the 1064 nm pulse mostly reflects specularly away from the sensor.
+    "water": SurfaceSignature(
+        reflectance=(0.060, 0.072, 0.045, 0.012, 0.004), height_m=(0.0, 0.0), intensity=2500,
+        asprs_class=9, pulse_return_rate=0.03, label_share=0.035, shifted_label_share=0.27),
+}
+
+GRIDS = ("reference", "mixed", "prerasterized")
+PIXEL_SIZE_M = 1.0  # layout and LiDAR work in metres that are pixels: sizes below assume 1 m
+REFERENCE_CRS = "EPSG:32633"  # UTM 33N: central Europe
+MIXED_LIDAR_CRS = "EPSG:3035"  # ETRS89 / LAEA Europe: a real reprojection, rotated against UTM
+MIXED_LABELS_CRS = "EPSG:32634"  # the neighbouring UTM zone, ~4 degrees of grid convergence here
+MIXED_LABELS_PIXEL_M = 2.0
+PRERASTERIZED_PIXEL_M = 2.0
+PRERASTERIZED_NODATA = -9999.0
+PULSE_DENSITY_PER_M2 = 6.0
+LABELLED_FRACTION = 0.16  # sparse annotation: about 16,000 labelled pixels in the default sample
+MIN_SIZE = 32  # smaller scenes cannot hold a river, a road and a building side by side
+WATER_SURFACE_BELOW_BANK_M = 0.6
+ACQUISITION_DATE = datetime.date(2024, 6, 14)  # fixed, so LAZ files are byte-identical across runs
+STREAM_FILES = ("multispectral.tif", "labels.tif", "lidar.laz", "lidar_ndsm.tif", "lidar_intensity.tif")
+
+
+@dataclass(frozen=True)
+class _LandscapeMix:
+    """Land-cover proportions of one kind of span: the shifted one is a wet season after clearing."""
+
+    tree_fraction: float
+    soil_parcels: int
+    soil_parcel_side: tuple[float, float]  # fraction of the scene side
+    river_width: tuple[float, float]  # fraction of the scene side
+    pond_probability: float
+    building_fraction: float
+
+
+_DEFAULT_MIX = _LandscapeMix(tree_fraction=0.30, soil_parcels=1, soil_parcel_side=(0.25, 0.45),
+                             river_width=(0.05, 0.08), pond_probability=0.4, building_fraction=0.025)
+_SHIFTED_MIX = _LandscapeMix(tree_fraction=0.12, soil_parcels=2, soil_parcel_side=(0.35, 0.55),
+                             river_width=(0.18, 0.26), pond_probability=0.0, building_fraction=0.02)
+
+
+@dataclass(frozen=True)
+class _Building:
+    centre: tuple[float, float]  # scene metres: x to the east, y down from the top edge
+    ridge_angle: float
+    half_width: float
+    eave_m: float
+    ridge_m: float  # equals eave_m for flat roofs
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Land cover of a whole scene (labels cover only part of it) and the 3D objects standing on it."""
+
+    cover: np.ndarray  # index into config.classes per pixel
+    buildings: list[_Building]
+    building_id: np.ndarray  # index into buildings, -1 elsewhere
+    nearest_tree_top: np.ndarray  # (2, S, S) row/col of the closest tree top
+    tree_top_height: np.ndarray  # metres at tree-top pixels, 0 elsewhere
+    crown_radius: np.ndarray  # metres at tree-top pixels, 0 elsewhere
+    terrain: tuple[float, np.ndarray, np.ndarray]  # base (m), plane gradient (2,), waves (k, 4)
+
+
+def generate_sample(out_dir, config: Config | None = None, spans: int = 1, scenes_per_span: int = 4,
+                    size: int = 160, seed: int = 0, shifted_span: int | None = None,
+                    grids: str = "reference") -> list[Path]:
+    """Write `spans` x `scenes_per_span` synthetic scenes under out_dir and return the scene folders.
+
+    out_dir: created if missing; files of the same names are overwritten, and a scene folder keeps only the
+        stream files this call writes (stale spans from an earlier call with more spans stay).
+    config: band order and names (`streams.multispectral_bands`) and the class table (`classes`); every class
+        name must be a key of SIGNATURES and every band one of SPECTRUM_BANDS. Default: Config().
+    spans: span folders span-0001 .. span-NNNN. scenes_per_span: scene folders scene-000 .. per span.
+    size: scene side in pixels of 1 m (at least MIN_SIZE); 160 gives ~16,000 labelled pixels over 4 scenes.
+    seed: same seed, same arrays; each scene draws from its own stream keyed by (seed, span, scene).
+    shifted_span: 1-based span whose land cover and labels drift (more water and bare soil, less grass).
+    grids: "reference" (labels on the multispectral grid, LiDAR in its CRS); "mixed" (labels on a 2 m grid
+        in MIXED_LABELS_CRS, LiDAR in MIXED_LIDAR_CRS); "prerasterized" (lidar_ndsm.tif and
+        lidar_intensity.tif on a 2 m grid offset from the multispectral grid instead of lidar.laz).
+    """
+    config = config or Config()
+    _check_arguments(config, spans, scenes_per_span, size, shifted_span, grids)
+    out_dir = Path(out_dir)
+    manifest = {
+        "generator": "synth.scenes.generate_sample",
+        "seed": seed, "size": size, "pixel_size_m": PIXEL_SIZE_M, "grids": grids, "shifted_span": shifted_span,
+        "crs": REFERENCE_CRS, "bands": list(config.streams.multispectral_bands),
+        "classes": [{"id": c.id, "name": c.name} for c in config.classes],
+        "class_counts_grid": "multispectral (reference) grid", "spans": {},
+    }
+    scene_dirs = []
+    for span in range(1, spans + 1):
+        span_name = f"span-{span:04d}"
+        span_entry = {"class_counts": dict.fromkeys(config.class_names, 0), "scenes": {}}
+        for scene in range(scenes_per_span):
+            scene_dir = out_dir / span_name / f"scene-{scene:03d}"
+            rng = np.random.default_rng([seed, span, scene])
+            scene_entry = _write_scene(scene_dir, rng, config, size, span == shifted_span, grids)
+            span_entry["scenes"][scene_dir.name] = scene_entry
+            for name, count in scene_entry["class_counts"].items():
+                span_entry["class_counts"][name] += count
+            scene_dirs.append(scene_dir)
+        manifest["spans"][span_name] = span_entry
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return scene_dirs
+
+
+def _check_arguments(config, spans, scenes_per_span, size, shifted_span, grids) -> None:
+    unknown_classes = sorted(set(config.class_names) - set(SIGNATURES))
+    missing_classes = sorted(set(SIGNATURES) - set(config.class_names))
+    if unknown_classes or missing_classes:
+        raise ValueError(f"the sample generator paints exactly the classes {sorted(SIGNATURES)}; config has no "
+                         f"{missing_classes} and unknown {unknown_classes}")
+    unknown_bands = sorted(set(config.streams.multispectral_bands) - set(SPECTRUM_BANDS))
+    if unknown_bands:
+        raise ValueError(f"no sample spectra for bands {unknown_bands}; known bands: {list(SPECTRUM_BANDS)}")
+    if spans < 1 or scenes_per_span < 1:
+        raise ValueError(f"spans and scenes_per_span must be at least 1, got {spans} and {scenes_per_span}")
+    if size < MIN_SIZE:
+        raise ValueError(f"size must be at least {MIN_SIZE} pixels, got {size}")
+    if shifted_span is not None and not 1 <= shifted_span <= spans:
+        raise ValueError(f"shifted_span must be between 1 and spans={spans}, got {shifted_span}")
+    if grids not in GRIDS:
+        raise ValueError(f"grids must be one of {list(GRIDS)}, got {grids!r}")
+
+
+def _write_scene(scene_dir: Path, rng, config: Config, size: int, shifted: bool, grids: str) -> dict:
+    scene_dir.mkdir(parents=True, exist_ok=True)
+    # UTM 33N eastings and northings of Bavaria, Austria and Czechia, snapped to whole metres.
+    origin = (float(rng.integers(420_000, 580_000)), float(rng.integers(5_350_000, 5_650_000)))
+    transform = _north_up(origin, PIXEL_SIZE_M)
+    layout = _layout(rng, size, shifted, config)
+    multispectral = _multispectral(rng, layout.cover, config)
+    labels = _labels(rng, layout.cover, config, shifted)
+    points = _point_cloud(rng, layout, config)
+
+    written = {"multispectral.tif", "labels.tif"}
+    _write_raster(scene_dir / "multispectral.tif", multispectral, REFERENCE_CRS, transform,
+                  descriptions=config.streams.multispectral_bands,
+                  tags={"REFLECTANCE_SCALE": str(config.streams.float_reflectance_scale)})
+    if grids == "mixed":
+        _write_reprojected_labels(scene_dir / "labels.tif", labels, transform)
+    else:
+        _write_raster(scene_dir / "labels.tif", labels[np.newaxis], REFERENCE_CRS, transform, nodata=0)
+    if grids == "prerasterized":
+        _write_prerasterized_lidar(scene_dir, points, origin, size)
+        written |= {"lidar_ndsm.tif", "lidar_intensity.tif"}
+    else:
+        _write_laz(scene_dir / "lidar.laz", points, origin, MIXED_LIDAR_CRS if grids == "mixed" else REFERENCE_CRS)
+        written.add("lidar.laz")
+    for stale in set(STREAM_FILES) - written:
+        (scene_dir / stale).unlink(missing_ok=True)
+
+    counts = np.bincount(labels.ravel(), minlength=max(config.class_ids) + 1)
+    return {"origin": list(origin), "points": int(points["x"].size), "labelled_pixels": int(np.count_nonzero(labels)),
+            "class_counts": {c.name: int(counts[c.id]) for c in config.classes}}
+
+
+def _north_up(top_left, pixel_m: float) -> Affine:
+    return Affine(pixel_m, 0.0, top_left[0], 0.0, -pixel_m, top_left[1])
+
+
+def _smooth_noise(rng, shape, sigma: float) -> np.ndarray:
+    """Zero-mean, unit-variance Gaussian random field with correlation length ~sigma pixels."""
+    field = ndimage.gaussian_filter(rng.standard_normal(shape), sigma)
+    return (field - field.mean()) / field.std()
+
+
+def _frame(x, y, centre, angle: float):
+    """Coordinates along and across a direction through a centre point."""
+    dx, dy = x - centre[0], y - centre[1]
+    cos, sin = math.cos(angle), math.sin(angle)
+    return dx * cos + dy * sin, -dx * sin + dy * cos
+
+
+def _pixel(x, y, size: int):
+    """Row and column of the 1 m pixel under scene coordinates in [0, size]."""
+    return np.minimum(y.astype(int), size - 1), np.minimum(x.astype(int), size - 1)
+
+
+def _layout(rng, size: int, shifted: bool, config: Config) -> _Layout:
+    """Grass base, tree stands, soil parcels, a river or pond, a road network and buildings along it."""
+    mix = _SHIFTED_MIX if shifted else _DEFAULT_MIX
+    index = {name: i for i, name in enumerate(config.class_names)}
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    cover = np.full((size, size), index["grass"], np.int8)
+
+    stands = _smooth_noise(rng, cover.shape, size / 10)
+    cover[stands > np.quantile(stands, 1 - mix.tree_fraction)] = index["trees"]
+    for _ in range(mix.soil_parcels):
+        along, across = _frame(xx, yy, rng.uniform(0.2, 0.8, 2) * size, rng.uniform(0, math.pi))
+        half = rng.uniform(*mix.soil_parcel_side, 2) * size / 2
+        cover[(np.abs(along) < half[0]) & (np.abs(across) < half[1])] = index["bare_soil"]
+
+    water = _water(rng, xx, yy, size, mix)
+    cover[water] = index["water"]
+    roads, main_road = _roads(rng, xx, yy, size)
+    cover[roads] = index["road"]
+    buildings, building_id = _buildings(rng, xx, yy, size, main_road, ~(water | roads), mix.building_fraction)
+    cover[building_id >= 0] = index["building"]
+
+    nearest_tree_top, tree_top_height, crown_radius = _tree_crowns(rng, cover == index["trees"])
+    base = rng.uniform(135.0, 150.0)
+    slope, aspect = rng.uniform(0.005, 0.05), rng.uniform(0, 2 * math.pi)
+    gradient = slope * np.array([math.cos(aspect), math.sin(aspect)])
+    # Low-frequency bumps, one row each: amplitude (m), wavelength (m), direction, phase.
+    waves = np.column_stack([rng.uniform(0.5, 2.5, 3), rng.uniform(60, 250, 3), rng.uniform(0, 2 * math.pi, 3),
+                             rng.uniform(0, 2 * math.pi, 3)])
+    return _Layout(cover, buildings, building_id, nearest_tree_top, tree_top_height, crown_radius,
+                   (base, gradient, waves))
+
+
+def _water(rng, xx, yy, size: int, mix: _LandscapeMix) -> np.ndarray:
+    """A meandering river across the scene, or a pond with an irregular shore."""
+    centre = rng.uniform(0.3, 0.7, 2) * size
+    along, across = _frame(xx, yy, centre, rng.uniform(0, math.pi))
+    if rng.random() < mix.pond_probability:
+        radii = rng.uniform(0.09, 0.15, 2) * size
+        shore = 0.15 * _smooth_noise(rng, xx.shape, size / 16)
+        return np.hypot(along / radii[0], across / radii[1]) + shore < 1.0
+    amplitude, wavelength = rng.uniform(0.05, 0.12) * size, rng.uniform(0.6, 1.2) * size
+    meander = amplitude * np.sin(2 * math.pi * along / wavelength + rng.uniform(0, 2 * math.pi))
+    return np.abs(across - meander) < rng.uniform(*mix.river_width) * size / 2
+
+
+def _roads(rng, xx, yy, size: int):
+    """One straight road through the scene, often crossed by a second; returns the mask and the first road."""
+    centre, angle, half_width = rng.uniform(0.2, 0.8, 2) * size, rng.uniform(0, math.pi), rng.uniform(2.0, 3.5)
+    roads = np.abs(_frame(xx, yy, centre, angle)[1]) < half_width
+    if rng.random() < 0.6:
+        cross_angle = angle + math.pi / 2 + rng.normal(0, 0.15)
+        cross = _frame(xx, yy, rng.uniform(0.2, 0.8, 2) * size, cross_angle)[1]
+        roads |= np.abs(cross) < rng.uniform(2.0, 3.5)
+    return roads, (centre, angle, half_width)
+
+
+def _buildings(rng, xx, yy, size: int, road, free: np.ndarray, target_fraction: float):
+    """Rectangular houses set back from the main road, on free ground, until they cover target_fraction."""
+    road_centre, road_angle, road_half_width = road
+    direction = np.array([math.cos(road_angle), math.sin(road_angle)])
+    normal = np.array([-direction[1], direction[0]])
+    low, high = SIGNATURES["building"].height_m
+    building_id = np.full(xx.shape, -1, np.int16)
+    buildings: list[_Building] = []
+    fallback = None
+    for _ in range(60):
+        length, depth = rng.uniform(8, 18), rng.uniform(7, 13)
+        setback = road_half_width + rng.uniform(2.5, 7.0) + depth / 2
+        centre = (road_centre + rng.uniform(-0.45, 0.45) * size * direction
+                  + rng.choice([-1.0, 1.0]) * setback * normal)
+        angle = road_angle + rng.normal(0, 0.04)
+        along, across = _frame(xx, yy, centre, angle)
+        footprint = (np.abs(along) < length / 2) & (np.abs(across) < depth / 2)
+        if footprint.sum() < 0.6 * length * depth:
+            continue
+        if rng.random() < 0.5:
+            eave = ridge = rng.uniform(low, high)
+        else:
+            eave = rng.uniform(low, (low + high) / 2)
+            ridge = min(eave + rng.uniform(2.0, 5.0), high)
+        ridge_along_length = length >= depth
+        building = _Building(
+            centre=(float(centre[0]), float(centre[1])),
+            ridge_angle=angle if ridge_along_length else angle + math.pi / 2,
+            half_width=min(length, depth) / 2, eave_m=eave, ridge_m=ridge)
+        clear = ~ndimage.binary_dilation(building_id >= 0, iterations=2) & free
+        if np.all(clear[footprint]):
+            building_id[footprint] = len(buildings)
+            buildings.append(building)
+        elif fallback is None:
+            fallback = (building, footprint)
+        if np.count_nonzero(building_id >= 0) >= target_fraction * size * size:
+            break
+    if not buildings:
+        # Crowded small scenes: a building that overlaps road or water beats a scene without the class.
+        building, footprint = fallback
+        building_id[footprint] = 0
+        buildings.append(building)
+    return buildings, building_id
+
+
+def _tree_crowns(rng, trees: np.ndarray):
+    """Individual crowns: tree tops scattered in the stands, each pixel belongs to its nearest top."""
+    low, high = SIGNATURES["trees"].height_m
+    tops = trees & (rng.random(trees.shape) < 1 / 20)
+    if trees.any() and not tops.any():
+        tops[np.unravel_index(np.argmax(trees), trees.shape)] = True
+    stand_height = low + (high - low) * special.ndtr(_smooth_noise(rng, trees.shape, trees.shape[0] / 8))
+    tree_top_height = np.where(tops, stand_height * rng.uniform(0.85, 1.0, trees.shape), 0.0)
+    crown_radius = np.where(tops, np.clip(0.3 * tree_top_height, 3.0, 6.0), 0.0)
+    nearest_tree_top = ndimage.distance_transform_edt(~tops, return_distances=False, return_indices=True)
+    return nearest_tree_top, tree_top_height, crown_radius
+
+
+def _terrain(terrain, x, y, size: int) -> np.ndarray:
+    """Absolute ground elevation (m a.s.l.): a tilted plane plus low-frequency bumps."""
+    base, gradient, waves = terrain
+    z = base + gradient[0] * (x - size / 2) + gradient[1] * (y - size / 2)
+    for amplitude, wavelength, direction, phase in waves:
+        along = x * math.cos(direction) + y * math.sin(direction)
+        z = z + amplitude * np.sin(2 * math.pi * along / wavelength + phase)
+    return z
+
+
+def _multispectral(rng, cover: np.ndarray, config: Config) -> np.ndarray:
+    """Scaled reflectance (bands, rows, cols) uint16 in config band order, with mixed pixels at class edges."""
+    names = config.class_names
+    band_index = [SPECTRUM_BANDS.index(band) for band in config.streams.multispectral_bands]
+    spectra = np.array([[SIGNATURES[name].reflectance[b] for b in band_index] for name in names])
+    one_hot = (cover[np.newaxis] == np.arange(len(names))[:, np.newaxis, np.newaxis]).astype(np.float64)
+    # Smoothing the class indicators blends neighbouring spectra: a 1 m pixel at an edge sees both surfaces.
+    weights = ndimage.gaussian_filter(one_hot, sigma=(0, 0.7, 0.7))
+    size = cover.shape[0]
+    # Per class: field-to-field brightness (moisture, condition, roof age) and fine texture.
+    brightness = np.stack([(1 + 0.08 * _smooth_noise(rng, cover.shape, size / 8))
+                           * (1 + 0.03 * _smooth_noise(rng, cover.shape, 1.0)) for _ in names])
+    reflectance = np.einsum("kyx,kb->byx", weights * brightness, spectra)
+    # Per-scene calibration and atmosphere, then sensor noise (relative and absolute).
+    reflectance *= rng.uniform(0.96, 1.04, (len(band_index), 1, 1))
+    reflectance *= 1 + 0.01 * rng.standard_normal(reflectance.shape)
+    reflectance += 0.003 * rng.standard_normal(reflectance.shape)
+    scaled = np.rint(reflectance * config.streams.float_reflectance_scale)
+    return np.clip(scaled, 1, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def _labels(rng, cover: np.ndarray, config: Config, shifted: bool) -> np.ndarray:
+    """Class ids on annotated blobs covering LABELLED_FRACTION of the scene, 0 elsewhere.
+
+    Annotators label blobs of a smooth field, more of rare classes than their area: the top pixels of that
+    field within each class make coherent patches whose counts follow the class's label share.
+    """
+    shares = np.array([getattr(SIGNATURES[name], "shifted_label_share" if shifted else "label_share")
+                       for name in config.class_names])
+    shares = shares * np.exp(rng.normal(0, 0.12, shares.size))
+    targets = np.rint(shares / shares.sum() * LABELLED_FRACTION * cover.size).astype(int)
+    annotation = _smooth_noise(rng, cover.shape, max(2.0, cover.shape[0] / 24))
+    dtype = np.uint8 if max(config.class_ids) <= np.iinfo(np.uint8).max else np.uint16
+    labels = np.zeros(cover.shape, dtype)
+    for k, terrain_class in enumerate(config.classes):
+        in_class = cover == k
+        wanted = min(int(targets[k]), int(in_class.sum()))
+        if wanted:
+            threshold = np.sort(annotation[in_class])[-wanted]
+            labels[in_class & (annotation >= threshold)] = terrain_class.id
+    return labels
+
+
+def _point_cloud(rng, layout: _Layout, config: Config) -> dict[str, np.ndarray]:
+    """Discrete-return airborne LiDAR over the scene, in scene metres (x east, y down from the top edge).
+
+    Pulses fall uniformly; the surface under each decides its returns: tree crowns give up to four (canopy,
+    branches, ground), roofs, roads and soil one, grass one near the ground, water almost none.
+    """
+    names = config.class_names
+    index = {name: i for i, name in enumerate(names)}
+    size = layout.cover.shape[0]
+    pulses = rng.poisson(PULSE_DENSITY_PER_M2 * size * size)
+    x, y = rng.uniform(0, size, pulses), rng.uniform(0, size, pulses)
+    along_track = np.argsort(y, kind="stable")  # one flight line north to south: time follows y
+    x, y = x[along_track], y[along_track]
+    surface = layout.cover[_pixel(x, y, size)]
+    return_rate = np.array([SIGNATURES[name].pulse_return_rate for name in names])
+    answered = rng.random(pulses) < return_rate[surface]
+    x, y, surface = x[answered], y[answered], surface[answered]
+    pulse_time = np.flatnonzero(answered) * 1e-5  # 100 kHz pulse rate
+
+    is_tree = surface == index["trees"]
+    canopy_top, in_gap = _canopy(rng, layout, x, y)
+    in_gap &= is_tree
+    returns = np.where(is_tree & ~in_gap, rng.choice([1, 2, 3, 4], x.size, p=[0.2, 0.35, 0.3, 0.15]), 1)
+
+    # One entry per return; the returns of a pulse are consecutive and share its position and time.
+    pulse = np.repeat(np.arange(x.size), returns)
+    number = np.arange(pulse.size) - np.repeat(np.cumsum(returns) - returns, returns) + 1
+    count, kind, n = returns[pulse], surface[pulse], pulse.size
+    x, y = x[pulse], y[pulse]
+    classification = np.array([SIGNATURES[name].asprs_class for name in names])[kind]
+    intensity = np.array([SIGNATURES[name].intensity for name in names], float)[kind]
+    height = np.abs(rng.normal(0, 0.03, n))  # bare ground roughness
+
+    under_trees = is_tree[pulse]
+    on_ground = under_trees & (((number == count) & (count > 1)) | in_gap[pulse])
+    in_canopy = under_trees & ~on_ground
+    depth = (number - 1) / np.maximum(count - 1, 1)  # 0 at the first return, 1 at the last
+    crown = canopy_top[pulse] * (1 - depth * rng.uniform(0.7, 1.0, n)) - np.abs(rng.normal(0, 0.4, n))
+    height[in_canopy] = np.maximum(crown[in_canopy], 0.3)
+    classification[on_ground] = 2
+    classification[in_canopy] = np.select([height[in_canopy] >= 5, height[in_canopy] >= 2], [5, 4], 3)
+    intensity[on_ground] = SIGNATURES["grass"].intensity  # understorey and litter under the crowns
+    # A pulse split over several surfaces returns only a share of its energy from each.
+    intensity[count > 1] *= np.where(number == 1, 0.55, 0.35)[count > 1]
+
+    low_grass = (kind == index["grass"]) & (rng.random(n) < 0.3)
+    height[low_grass] = rng.uniform(0.1, SIGNATURES["grass"].height_m[1], n)[low_grass]
+    classification[low_grass] = 3
+    water = kind == index["water"]
+    height[water] = -WATER_SURFACE_BELOW_BANK_M + rng.normal(0, 0.02, n)[water]
+    on_roof = kind == index["building"]
+    height[on_roof] = _roof_height(layout, x[on_roof], y[on_roof])
+
+    flying_height_m = 900.0
+    return {
+        "x": x, "y": y, "z": _terrain(layout.terrain, x, y, size) + height, "height": height,
+        "intensity": np.clip(np.rint(intensity * rng.lognormal(0, 0.2, n)), 0, 65535).astype(np.uint16),
+        "return_number": number.astype(np.uint8), "number_of_returns": count.astype(np.uint8),
+        "classification": classification.astype(np.uint8),
+        "scan_angle_deg": np.degrees(np.arctan((x - size / 2) / flying_height_m)),
+        "gps_time": 3.5e8 + pulse_time[pulse],
+    }
+
+
+def _canopy(rng, layout: _Layout, x, y):
+    """Crown surface height under each pulse, and whether the pulse finds a gap between crowns."""
+    pixel = _pixel(x, y, layout.cover.shape[0])
+    top_row, top_col = layout.nearest_tree_top[0][pixel], layout.nearest_tree_top[1][pixel]
+    radius = layout.crown_radius[top_row, top_col]
+    distance = np.hypot(x - (top_col + 0.5), y - (top_row + 0.5))
+    in_gap = (distance > radius) | (rng.random(x.size) < 0.05)
+    # Crowns are flattened domes: 30% lower at the rim than at the top.
+    relative = np.minimum(distance / np.maximum(radius, 1e-6), 1.0)
+    return layout.tree_top_height[top_row, top_col] * (1 - 0.3 * relative ** 2), in_gap
+
+
+def _roof_height(layout: _Layout, x, y) -> np.ndarray:
+    """Flat roofs at their eave height; pitched roofs rise linearly from the eaves to the ridge."""
+    owner = layout.building_id[_pixel(x, y, layout.cover.shape[0])]
+    height = np.zeros(x.size)
+    for i, building in enumerate(layout.buildings):
+        mine = owner == i
+        across = _frame(x[mine], y[mine], building.centre, building.ridge_angle)[1]
+        rise = np.clip(1 - np.abs(across) / building.half_width, 0, 1)
+        height[mine] = building.eave_m + (building.ridge_m - building.eave_m) * rise
+    return height
+
+
+def _write_raster(path: Path, data: np.ndarray, crs: str, transform, descriptions=None, nodata=None,
+                  tags=None) -> None:
+    profile = {"driver": "GTiff", "count": data.shape[0], "height": data.shape[1], "width": data.shape[2],
+               "dtype": data.dtype, "crs": crs, "transform": transform, "compress": "deflate", "nodata": nodata}
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if descriptions:
+            dst.descriptions = tuple(descriptions)
+        if tags:
+            dst.update_tags(**tags)
+
+
+def _write_reprojected_labels(path: Path, labels: np.ndarray, transform) -> None:
+    """Labels as a vendor might deliver them: another CRS, 2 m pixels, nearest-neighbour resampled."""
+    size = labels.shape[0]
+    west, south, east, north = rasterio.transform.array_bounds(size, size, transform)
+    dst_transform, width, height = calculate_default_transform(
+        REFERENCE_CRS, MIXED_LABELS_CRS, size, size, left=west, bottom=south, right=east, top=north,
+        resolution=MIXED_LABELS_PIXEL_M)
+    resampled = np.zeros((height, width), labels.dtype)
+    reproject(labels, resampled, src_transform=transform, src_crs=REFERENCE_CRS, src_nodata=0,
+              dst_transform=dst_transform, dst_crs=MIXED_LABELS_CRS, dst_nodata=0, resampling=Resampling.nearest)
+    _write_raster(path, resampled[np.newaxis], MIXED_LABELS_CRS, dst_transform, nodata=0)
+
+
+def _world(points: dict, origin) -> tuple[np.ndarray, np.ndarray]:
+    return origin[0] + points["x"], origin[1] - points["y"]
+
+
+def _write_laz(path: Path, points: dict, origin, crs: str) -> None:
+    """LAS 1.4 point format 6, LAZ-compressed, 1 cm resolution, CRS as a WKT VLR."""
+    x, y = _world(points, origin)
+    if crs != REFERENCE_CRS:
+        x, y = pyproj.Transformer.from_crs(REFERENCE_CRS, crs, always_xy=True).transform(x, y)
+    header = laspy.LasHeader(point_format=6, version="1.4")
+    header.scales = np.array([0.01, 0.01, 0.01])
+    header.offsets = np.floor([x.min(), y.min(), points["z"].min()])
+    header.add_crs(pyproj.CRS.from_user_input(crs))
+    header.creation_date = ACQUISITION_DATE
+    header.generating_software = "terrafuse synth"
+    header.system_identifier = "synthetic ALS"
+    las = laspy.LasData(header)
+    las.x, las.y, las.z = x, y, points["z"]
+    las.intensity = points["intensity"]
+    las.return_number = points["return_number"]
+    las.number_of_returns = points["number_of_returns"]
+    las.classification = points["classification"]
+    las.scan_angle = np.rint(points["scan_angle_deg"] / 0.006).astype(np.int16)  # LAS 1.4: 0.006 degree units
+    las.point_source_id = np.ones(x.size, np.uint16)
+    las.gps_time = points["gps_time"]
+    las.write(path)
+
+
+def _write_prerasterized_lidar(scene_dir: Path, points: dict, origin, size: int) -> None:
+    """A vendor's nDSM (top of points minus ground) and mean first-return intensity on a coarser, offset grid.
+
+    Cells without points (mostly water) are nodata, as in delivered products.
+    """
+    step = PRERASTERIZED_PIXEL_M
+    grid_origin = (origin[0] - 3.0, origin[1] + 3.0)  # odd metres: cell edges fall mid-pixel of the 1 m grid
+    cells = math.ceil((size + 6.0) / step)
+    x, y = _world(points, origin)
+    cell = (np.floor((grid_origin[1] - y) / step).astype(int) * cells
+            + np.floor((x - grid_origin[0]) / step).astype(int))
+    top = np.full(cells * cells, -np.inf)
+    np.maximum.at(top, cell, np.maximum(points["height"], 0.0))
+    first = points["return_number"] == 1
+    hits = np.bincount(cell[first], minlength=cells * cells)
+    intensity_sum = np.bincount(cell[first], weights=points["intensity"][first].astype(float), minlength=cells * cells)
+    ndsm = np.where(np.isfinite(top), top, PRERASTERIZED_NODATA)
+    intensity = np.where(hits > 0, intensity_sum / np.maximum(hits, 1), PRERASTERIZED_NODATA)
+    transform = _north_up(grid_origin, step)
+    for name, values in (("lidar_ndsm.tif", ndsm), ("lidar_intensity.tif", intensity)):
+        _write_raster(scene_dir / name, values.reshape(1, cells, cells).astype(np.float32), REFERENCE_CRS,
+                      transform, nodata=PRERASTERIZED_NODATA)

@@ -1,0 +1,220 @@
+"""load_scene on tiny real GeoTIFF and LAS/LAZ files: alignment, LiDAR rasterisation, fills and bad input."""
+import logging
+import pickle
+
+import numpy as np
+import pytest
+
+from components.scenes import HEIGHT_FILL_RADIUS_M, SceneError, load_scene, scene_dirs
+from pipeline.config import LIDAR_CHANNEL_CHOICES, Config
+from tiny_scenes import (
+    REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value, reference_transform, region_interior, truth,
+    write_point_cloud, write_raster, write_scene,
+)
+
+CONFIG = Config()
+ALL_CHANNELS = Config().replace({"streams.lidar_channels": list(LIDAR_CHANNEL_CHOICES)})
+# Bare cells read the relief of the slope inside one cell: top ground point minus the cell's mean ground z
+# is 0.25 m x (0.10 + 0.05) = 0.0375 m. Everything else the synthetic cloud holds is exact to LAS's 1 mm.
+HEIGHT_TOLERANCE_M = 0.05
+
+
+def channel(rasters, config, name):
+    return rasters.lidar[config.streams.lidar_channels.index(name)]
+
+
+def test_scene_dirs_are_the_sorted_unique_folders_of_matched_files(tmp_path):
+    span = tmp_path / "span-0001"
+    matched = [span / "b" / "multispectral.tif", span / "a" / "lidar.laz", span / "a" / "labels.tif",
+               str(span / "b" / "labels.tif")]
+    assert scene_dirs(matched) == [span / "a", span / "b"]
+
+
+def test_streams_on_the_reference_grid(tmp_path):
+    rasters = load_scene(write_scene(tmp_path, config=ALL_CHANNELS), ALL_CHANNELS)
+
+    assert rasters.scene_id == "scene-001"
+    assert rasters.crs.to_string() == REFERENCE_CRS and rasters.transform == reference_transform()
+    assert rasters.multispectral.dtype == np.float32 and rasters.lidar.dtype == np.float32
+    assert rasters.labels.dtype == np.int32
+    assert rasters.lidar.shape == (len(LIDAR_CHANNEL_CHOICES), SIZE, SIZE)
+    expected_bands = [multispectral_value(b, truth("label")) for b in range(len(CONFIG.streams.multispectral_bands))]
+    np.testing.assert_array_equal(rasters.multispectral, np.stack(expected_bands))
+    np.testing.assert_array_equal(rasters.labels, truth("label"))
+    np.testing.assert_allclose(channel(rasters, ALL_CHANNELS, "height"), truth("height"), atol=HEIGHT_TOLERANCE_M)
+    np.testing.assert_array_equal(channel(rasters, ALL_CHANNELS, "intensity"), truth("intensity"))
+    np.testing.assert_array_equal(channel(rasters, ALL_CHANNELS, "return_ratio"), truth("return_ratio"))
+    np.testing.assert_array_equal(channel(rasters, ALL_CHANNELS, "density"), truth("density"))
+    assert rasters.filled_cells == {name: 0 for name in LIDAR_CHANNEL_CHOICES}
+
+
+def test_height_is_above_the_sloped_ground_not_absolute_z(tmp_path):
+    rasters = load_scene(write_scene(tmp_path), CONFIG)
+    height = channel(rasters, CONFIG, "height")
+    ground = ground_z(np.array([500_000.5, 500_039.5]), np.array([5_000_039.5, 5_000_000.5]))
+    assert ground[1] - ground[0] > 5.0  # the scene's ground rises by metres across it...
+    bare = truth("height") == 0
+    assert np.abs(height[bare]).max() < HEIGHT_TOLERANCE_M  # ...yet bare ground reads 0 everywhere
+    trees = truth("label") == truth("label")[0, 0]
+    np.testing.assert_allclose(height[trees], 15.0, atol=HEIGHT_TOLERANCE_M)
+
+
+def test_ground_under_roofs_and_canopy_is_interpolated_from_the_ground_around(tmp_path):
+    rng = np.random.default_rng(0)
+    in_trees = rng.choice(20 * 20, 60, replace=False)
+    scattered = [(r, r + 1, c, c + 1) for r, c in zip(*np.divmod(in_trees, 20))]
+    roof = (3, 13, 24, 36)
+    rasters = load_scene(write_scene(tmp_path, no_ground=scattered + [roof]), CONFIG)
+    np.testing.assert_allclose(channel(rasters, CONFIG, "height"), truth("height"), atol=HEIGHT_TOLERANCE_M)
+    assert rasters.filled_cells["height"] == 0
+
+
+def test_float_reflectance_is_brought_to_uint16_units(tmp_path):
+    rasters = load_scene(write_scene(tmp_path, float_reflectance=True), CONFIG)
+    np.testing.assert_allclose(rasters.multispectral[0], multispectral_value(0, truth("label")), atol=0.01)
+
+
+def test_intensity_is_the_mean_of_a_cells_points_and_empty_cells_are_filled(tmp_path):
+    """Hand-built cloud: one ground point of intensity 100 per cell, three more points in cell (10, 12),
+    none in cell (3, 4)."""
+    scene_dir = write_scene(tmp_path)
+    rows, cols = (a.ravel() + 0.5 for a in np.mgrid[0:SIZE, 0:SIZE])
+    keep = ~((rows == 3.5) & (cols == 4.5))
+    x = np.concatenate([500_000 + cols[keep], [500_012.2, 500_012.5, 500_012.8]])
+    y = np.concatenate([5_000_040 - rows[keep], [5_000_029.9, 5_000_029.5, 5_000_029.1]])
+    z = ground_z(x, y) + np.concatenate([np.zeros(keep.sum()), [1.0, 3.0, 2.0]])  # the top point at the centre
+    write_point_cloud(
+        scene_dir / "lidar.las", x, y, z,
+        classification=np.concatenate([np.full(keep.sum(), 2), [1, 1, 1]]),
+        intensity=np.concatenate([np.full(keep.sum(), 100), [10, 20, 60]]),
+        number_of_returns=np.concatenate([np.ones(keep.sum()), [2, 2, 1]]),
+        crs=REFERENCE_CRS,
+    )
+    rasters = load_scene(scene_dir, ALL_CHANNELS)
+
+    intensity = channel(rasters, ALL_CHANNELS, "intensity")
+    assert intensity[10, 12] == pytest.approx((100 + 10 + 20 + 60) / 4)
+    assert intensity[3, 4] == 100  # filled from its neighbours
+    assert np.count_nonzero(intensity != 100) == 1
+    assert channel(rasters, ALL_CHANNELS, "return_ratio")[10, 12] == pytest.approx(2 / 4)
+    assert channel(rasters, ALL_CHANNELS, "density")[10, 12] == 4
+    assert channel(rasters, ALL_CHANNELS, "density")[3, 4] == 0
+    assert channel(rasters, ALL_CHANNELS, "height")[10, 12] == pytest.approx(3.0, abs=0.01)
+    assert rasters.filled_cells == {"height": 1, "intensity": 1, "return_ratio": 1, "density": 0}
+
+
+def test_cells_without_points_are_filled_and_counted(tmp_path):
+    small = (5, 8, 5, 8)  # in the trees, every cell within 2 m of a cell with points
+    large = (5, 12, 26, 33)  # in the building, its middle farther than HEIGHT_FILL_RADIUS_M from any point
+    rasters = load_scene(write_scene(tmp_path, holes=[small, large]), CONFIG)
+
+    assert rasters.filled_cells == {"height": 9 + 49, "intensity": 9 + 49}
+    height = channel(rasters, CONFIG, "height")
+    np.testing.assert_allclose(height[5:8, 5:8], 15.0, atol=HEIGHT_TOLERANCE_M)
+    rows, cols = np.mgrid[5:12, 26:33]
+    to_points = np.minimum.reduce([rows - 4, 12 - rows, cols - 25, 33 - cols])
+    expected = np.where(to_points <= HEIGHT_FILL_RADIUS_M, 8.0, 0.0)
+    assert (expected == 0).any() and (expected == 8).any()
+    np.testing.assert_allclose(height[5:12, 26:33], expected, atol=HEIGHT_TOLERANCE_M)
+    np.testing.assert_array_equal(channel(rasters, CONFIG, "intensity"), truth("intensity"))
+
+
+def test_prerasterised_lidar_on_another_grid_is_resampled(tmp_path):
+    config = Config().replace({"streams.lidar_channels": ["height", "intensity", "return_ratio"]})
+    scene_dir = write_scene(tmp_path, config=config, lidar="rasters", lidar_grid=Grid("EPSG:3035", pixel=2.0))
+    rasters = load_scene(scene_dir, config)
+
+    interior = region_interior(3)
+    for name in config.streams.lidar_channels:
+        np.testing.assert_allclose(channel(rasters, config, name)[interior], truth(name)[interior], atol=1e-3)
+        assert np.isfinite(channel(rasters, config, name)).all()
+
+
+def test_nodata_in_prerasterised_lidar_is_filled_and_counted(tmp_path):
+    rasters = load_scene(write_scene(tmp_path, lidar="rasters", holes=[(10, 13, 10, 13)]), CONFIG)
+    assert rasters.filled_cells == {"height": 9, "intensity": 9}
+    np.testing.assert_allclose(channel(rasters, CONFIG, "height")[10:13, 10:13], 15.0)
+    np.testing.assert_allclose(channel(rasters, CONFIG, "intensity")[10:13, 10:13], truth("intensity")[10, 10])
+
+
+def test_point_cloud_without_crs_is_taken_on_the_reference_crs(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="components.scenes"):
+        rasters = load_scene(write_scene(tmp_path, lidar_crs=None), CONFIG)
+    assert "lidar.las has no CRS" in caplog.text
+    np.testing.assert_allclose(channel(rasters, CONFIG, "height"), truth("height"), atol=HEIGHT_TOLERANCE_M)
+
+
+def _unknown_labels(tmp_path):
+    scene_dir = write_scene(tmp_path, "scene-bad")
+    labels = truth("label").astype(np.uint8)
+    too_high, too_low = max(CONFIG.class_ids) + 1, min(CONFIG.class_ids) - 1
+    labels[0:2, 0:3] = too_high
+    labels[30, 0:3] = too_low
+    write_raster(scene_dir / "labels.tif", labels, REFERENCE_CRS, reference_transform())
+    return scene_dir, f"{too_low} (3 px), {too_high} (6 px)"
+
+
+def _remove(name, **kwargs):
+    def make(tmp_path):
+        scene_dir = write_scene(tmp_path, "scene-bad", **kwargs)
+        (scene_dir / name).unlink()
+        return scene_dir
+    return make
+
+
+def _garbage(name, **kwargs):
+    def make(tmp_path):
+        scene_dir = write_scene(tmp_path, "scene-bad", **kwargs)
+        (scene_dir / name).write_bytes(b"not a raster, not a point cloud\n" * 64)
+        return scene_dir
+    return make
+
+
+def _scene(**kwargs):
+    return lambda tmp_path: write_scene(tmp_path, "scene-bad", **kwargs)
+
+
+BAD_SCENES = {
+    "missing multispectral": (_remove("multispectral.tif"), "multispectral.tif", "missing file"),
+    "missing labels": (_remove("labels.tif"), "labels.tif", "missing file"),
+    "missing lidar": (_scene(lidar="none"), "lidar.las", "no point cloud (lidar.las or lidar.laz)"),
+    "missing lidar channel raster": (_remove("lidar_intensity.tif", lidar="rasters"), "lidar_intensity.tif",
+                                     "missing file"),
+    "garbage multispectral": (_garbage("multispectral.tif"), "multispectral.tif", "cannot read raster"),
+    "garbage labels": (_garbage("labels.tif"), "labels.tif", "cannot read raster"),
+    "garbage point cloud": (_garbage("lidar.laz", lidar="laz"), "lidar.laz", "cannot read point cloud"),
+    "band count": (_scene(band_count=4), "multispectral.tif",
+                   f"4 bands, but config.streams.multispectral_bands has {len(CONFIG.streams.multispectral_bands)}"),
+    "labels elsewhere": (_scene(labels_grid=Grid(shift=(10_000.0, 0.0))), "labels.tif",
+                         "does not overlap multispectral.tif"),
+    "point cloud elsewhere": (_scene(lidar_shift=(0.0, -10_000.0)), "lidar.las", "does not overlap multispectral.tif"),
+    "lidar rasters elsewhere": (_scene(lidar="rasters", lidar_grid=Grid("EPSG:3035", 2.0, (5_000.0, 0.0))),
+                                "lidar_ndsm.tif", "does not overlap multispectral.tif"),
+    "no ground points": (_scene(ground=False), "lidar.las", "no ground points (classification 2)"),
+    "unknown label ids": (_unknown_labels, "labels.tif", "label ids not in the class table"),
+    "geographic multispectral": (_scene(multispectral_crs="EPSG:4326"), "multispectral.tif",
+                                 "geographic (unprojected) CRS EPSG:4326"),
+    "geographic labels": (_scene(labels_grid=Grid("EPSG:4326", 1e-5)), "labels.tif",
+                          "geographic (unprojected) CRS EPSG:4326"),
+    "geographic point cloud": (_scene(lidar_crs="EPSG:4326"), "lidar.las", "geographic (unprojected) CRS EPSG:4326"),
+}
+
+
+@pytest.mark.parametrize("make, file_name, problem", BAD_SCENES.values(), ids=BAD_SCENES.keys())
+def test_bad_scene_names_scene_file_and_problem(tmp_path, make, file_name, problem):
+    made = make(tmp_path)
+    scene_dir, detail = made if isinstance(made, tuple) else (made, "")
+    with pytest.raises(SceneError) as raised:
+        load_scene(scene_dir, CONFIG)
+    err = raised.value
+    assert err.scene == "scene-bad"
+    assert err.path == str(scene_dir / file_name) and scene_dir.is_absolute()
+    assert problem in err.problem and detail in err.problem
+    assert str(err) == f"scene scene-bad: {err.path}: {err.problem}"
+
+
+def test_scene_error_survives_pickling():
+    err = SceneError("scene-003", "/data/span-0001/scene-003/lidar.laz", "no ground points (classification 2)")
+    copy = pickle.loads(pickle.dumps(err))
+    assert (copy.scene, copy.path, copy.problem) == (err.scene, err.path, err.problem)
+    assert str(copy) == "scene scene-003: /data/span-0001/scene-003/lidar.laz: no ground points (classification 2)"
