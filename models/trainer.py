@@ -72,6 +72,7 @@ def run_fn(fn_args) -> None:
         train,
         validation_data=evaluation,
         epochs=config.model.epochs,
+        verbose=2,  # one line per epoch: progress bars flood the pipeline's log
         class_weight=weights,
         callbacks=[
             MacroRecallCallback(evaluation, len(config.class_ids)),

@@ -155,6 +155,14 @@ class Config:
     def metadata_path(self) -> str:
         return os.path.join(self.run.pipeline_root, "metadata.sqlite")
 
+    def restricted(self, *sections: str) -> "Config":
+        """Only the class table and `sections` kept, the rest at defaults.
+
+        Components get the config in their execution properties, which are part of TFX's cache key: handing
+        each only what it reads keeps, say, a new learning rate from re-running ingestion and Transform.
+        """
+        return dataclasses.replace(Config(), classes=self.classes, **{s: getattr(self, s) for s in sections})
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

@@ -66,13 +66,13 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         schema_anomalies=example_validator.outputs["anomalies"],
         distribution_anomalies=label_skew_validator.outputs["anomalies"],
         baseline_model=latest_blessed_model.outputs["model"],
-        config_json=config.to_json(),
+        config_json=config.restricted("validation").to_json(),
     )
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
         module_file=os.path.normpath(TRANSFORM_MODULE),
-        custom_config={"config": config.to_dict()},
+        custom_config={"config": config.restricted("streams", "ingest", "transform").to_dict()},
     )
     transform.add_upstream_node(data_gate)
     trainer = tfx.components.Trainer(
@@ -83,7 +83,7 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         hyperparameters=data_gate.outputs["training_labels"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={"config": config.to_dict()},
+        custom_config={"config": config.restricted("streams", "ingest", "transform", "model").to_dict()},
     )
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],

@@ -86,6 +86,9 @@ PRERASTERIZED_PIXEL_M = 2.0
 PRERASTERIZED_NODATA = -9999.0
 PULSE_DENSITY_PER_M2 = 6.0
 LABELLED_FRACTION = 0.16  # sparse annotation: about 16,000 labelled pixels in the default sample
+# Annotated blobs a few metres across, spread over the scene as field-survey polygons are: a spatial split
+# then sees every class in many blocks, so train and eval label shares stay close.
+ANNOTATION_BLOB_M = 3.0
 MIN_SIZE = 32  # smaller scenes cannot hold a river, a road and a building side by side
 WATER_SURFACE_BELOW_BANK_M = 0.6
 ACQUISITION_DATE = datetime.date(2024, 6, 14)  # fixed, so LAZ files are byte-identical across runs
@@ -404,7 +407,7 @@ def _labels(rng, cover: np.ndarray, config: Config, shifted: bool) -> np.ndarray
                        for name in config.class_names])
     shares = shares * np.exp(rng.normal(0, 0.12, shares.size))
     targets = np.rint(shares / shares.sum() * LABELLED_FRACTION * cover.size).astype(int)
-    annotation = _smooth_noise(rng, cover.shape, max(2.0, cover.shape[0] / 24))
+    annotation = _smooth_noise(rng, cover.shape, ANNOTATION_BLOB_M)
     dtype = np.uint8 if max(config.class_ids) <= np.iinfo(np.uint8).max else np.uint16
     labels = np.zeros(cover.shape, dtype)
     for k, terrain_class in enumerate(config.classes):

@@ -9,7 +9,9 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.scene_example_gen import BadScenesError, Executor, SceneExampleGen
+import numpy as np
+
+from components.scene_example_gen import BadScenesError, Executor, SceneExampleGen, assign_blocks
 from pipeline.config import Config
 from synth.scenes import generate_sample
 from tiny_scenes import write_scene
@@ -46,7 +48,7 @@ def sample_root(tmp_path_factory):
 
 
 def test_examples_are_split_spatially_with_one_feature_per_band(sample_root, tmp_path):
-    config = Config()
+    config = Config().replace({"ingest.block_size": 16})  # 84 blocks: enough to deal every class its share
     examples = run_executor(config, sample_root, tmp_path / "out")
     train, evaluation = read_split(examples.uri, "train", config), read_split(examples.uri, "eval", config)
     assert len(train[LABEL]) > 3 * len(evaluation[LABEL]) > 0
@@ -54,6 +56,9 @@ def test_examples_are_split_spatially_with_one_feature_per_band(sample_root, tmp
     for name in layout(config).stream_features:
         assert train[name].shape == (len(train[LABEL]), config.ingest.patch_size ** 2)
     assert set(train[LABEL]) == set(config.class_ids)
+    eval_share = {c: np.mean(evaluation[LABEL] == c) for c in config.class_ids}
+    train_share = {c: np.mean(train[LABEL] == c) for c in config.class_ids}
+    assert max(abs(eval_share[c] - train_share[c]) for c in config.class_ids) < 0.06, (train_share, eval_share)
     assert train["ms_nir"].mean() > 1000 and train["lidar_height"].max() > 5
 
 
@@ -87,3 +92,19 @@ def test_no_scene_folders_is_an_error_naming_the_pattern(tmp_path):
     (tmp_path / "data" / "span-0001").mkdir(parents=True)
     with pytest.raises(BadScenesError, match=r"span-0001/\*/\*: no scene folders match"):
         run_executor(Config(), tmp_path / "data", tmp_path / "out")
+
+
+def test_blocks_are_dealt_so_every_class_gets_its_eval_share():
+    rng = np.random.default_rng(0)
+    # 200 blocks, each dominated by one of four classes; class 3 lives in few blocks only.
+    counts = {}
+    for i in range(200):
+        block = np.zeros(4, np.int64)
+        block[rng.choice(4, p=[0.4, 0.35, 0.2, 0.05])] = rng.integers(20, 60)
+        counts[b"scene/%d" % i] = block
+    assignment = assign_blocks(counts, [0.8, 0.2])
+    assert set(assignment) == set(counts) and set(assignment.values()) == {0, 1}
+    total = np.sum(list(counts.values()), axis=0)
+    in_eval = np.sum([c for b, c in counts.items() if assignment[b] == 1], axis=0)
+    np.testing.assert_allclose(in_eval / total, 0.2, atol=0.05)
+    assert assign_blocks(dict(reversed(list(counts.items()))), [0.8, 0.2]) == assignment, "order must not matter"

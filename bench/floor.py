@@ -1,0 +1,219 @@
+"""The floor: the pipeline's work done by a plain script, to show what the TFX orchestration costs.
+
+It reads the same scenes (the newest span, resolved by TFX's own span logic on the same split pattern),
+samples the same pixels, splits train/eval on the same block hash, z-scores every band and LiDAR channel
+on its training statistics in numpy (after the same per-channel clip/log step as the Transform), trains the
+same CNN with the same epochs, batch size, class weights, seed, shuffling and early stopping, and measures
+argmax recall on the eval split. Left out on purpose: tf.Example encoding, statistics, schema and skew
+validation, the SavedModel export and TFMA.
+
+    python -m bench.floor --data-root data/sample --set model.epochs=3 --json floor.json
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+import numpy as np
+
+from pipeline.config import Config, load_config
+
+TRAIN_SPLIT = "train"  # the Trainer's TrainArgs and EvalArgs splits (pipeline/dag.py)
+EVAL_SPLIT = "eval"
+
+
+@dataclass
+class Patches:
+    """Every sampled patch of the span: (N, channels, P*P) values in feature-layout order."""
+
+    values: np.ndarray
+    label_index: np.ndarray  # position of the class id in the class table
+    split: np.ndarray  # split name per patch
+
+
+def scene_folders(config: Config) -> list[Path]:
+    """The scene folders SceneExampleGen reads: the newest span matched by the same input config."""
+    from tfx.components.example_gen import utils as example_gen_utils
+    from tfx.dsl.io import fileio
+    from tfx.proto import example_gen_pb2
+    from tfx.utils import proto_utils
+
+    from components.scene_example_gen import SceneExampleGen
+    from components.scenes import scene_dirs
+
+    component = SceneExampleGen(config)
+    input_config = proto_utils.json_to_proto(component.exec_properties["input_config"], example_gen_pb2.Input())
+    input_base = component.exec_properties["input_base"]
+    example_gen_utils.calculate_splits_fingerprint_span_and_version(input_base, input_config.splits)
+    (split,) = input_config.splits
+    return scene_dirs(fileio.glob(str(Path(input_base) / split.pattern)))
+
+
+def split_of_blocks(blocks: list[bytes], config: Config) -> dict[bytes, str]:
+    """Split name of each block id, by the ExampleGen's own partition function and output config."""
+    import tensorflow as tf
+    from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
+    from tfx.proto import example_gen_pb2
+    from tfx.utils import proto_utils
+
+    from components.scene_example_gen import SceneExampleGen
+
+    output = proto_utils.json_to_proto(SceneExampleGen(config).exec_properties["output_config"],
+                                       example_gen_pb2.Output())
+    splits = output.split_config.splits
+    buckets = list(itertools.accumulate(s.hash_buckets for s in splits))
+    names = {}
+    for block in set(blocks):
+        example = tf.train.Example()
+        example.features.feature[output.split_config.partition_feature_name].bytes_list.value.append(block)
+        names[block] = splits[_PartitionFn(example, len(buckets), buckets, output.split_config)].name
+    return names
+
+
+def read_patches(config: Config) -> Patches:
+    """Same scenes, same sampled pixels (same seed per scene), same patches and blocks as ingestion."""
+    from components.patches import block_ids, extract_patches, sample_pixels
+    from components.scene_example_gen import scene_rng
+    from components.scenes import load_scene
+
+    index_of = {class_id: i for i, class_id in enumerate(config.class_ids)}
+    values, labels, blocks = [], [], []
+    for folder in scene_folders(config):
+        rasters = load_scene(folder, config)
+        rows, cols = sample_pixels(rasters.labels, config, scene_rng(config, rasters.scene_id))
+        stack = np.concatenate([rasters.multispectral, rasters.lidar])
+        values.append(extract_patches(stack, rows, cols, config.ingest.patch_size))
+        labels.append([index_of[int(label)] for label in rasters.labels[rows, cols]])
+        blocks += block_ids(rasters.scene_id, rows, cols, config.ingest.block_size)
+    split_of = split_of_blocks(blocks, config)
+    return Patches(np.concatenate(values), np.concatenate(labels).astype(np.int64),
+                   np.array([split_of[block] for block in blocks]))
+
+
+def normalise(patches: Patches, config: Config) -> np.ndarray:
+    """Per-channel z-score on the training split's statistics, as tft.scale_to_z_score does in the Transform."""
+    import tensorflow as tf
+
+    from transforms.features import LIDAR_PREFIX, layout
+    from transforms.preprocessing import _lidar_pretransform
+
+    if config.transform.normalization != "per_stream":  # the "none" ablation: raw values, as the Transform
+        return patches.values
+    lay = layout(config)
+    train = patches.split == TRAIN_SPLIT
+    out = np.empty_like(patches.values)
+    for channel, name in enumerate(lay.stream_features):
+        values = patches.values[:, channel]
+        if name in lay.lidar:
+            values = _lidar_pretransform(name[len(LIDAR_PREFIX):], config)(tf.constant(values)).numpy()
+        mean = values[train].mean(dtype=np.float64)
+        std = values[train].std(dtype=np.float64)
+        out[:, channel] = (values - mean) / std if std > 0 else values - mean
+    return out
+
+
+def model_inputs(values: np.ndarray, config: Config) -> dict[str, np.ndarray]:
+    """(N, C, P*P) -> one (N, P, P, channels) array per stream the model uses, as the Transform stacks them."""
+    from models.fused_cnn import STREAMS_BY_MODE
+    from transforms.features import MULTISPECTRAL, layout
+
+    lay = layout(config)
+    n_ms = len(lay.multispectral)
+    by_stream = {}
+    for stream in STREAMS_BY_MODE[config.model.streams]:
+        channels = slice(0, n_ms) if stream == MULTISPECTRAL else slice(n_ms, None)
+        by_stream[stream] = np.ascontiguousarray(
+            values[:, channels].transpose(0, 2, 1).reshape(-1, *lay.stream_shape(stream)))
+    return by_stream
+
+
+def train_and_evaluate(values: np.ndarray, patches: Patches, config: Config) -> dict:
+    """The Trainer's fit (same model, weights, epochs, batch, seed, shuffle and early stopping), then argmax
+    recall on the eval split."""
+    import tensorflow as tf
+    import tf_keras
+
+    from models.class_weights import class_weights
+    from models.fused_cnn import build_model
+    from models.metrics import argmax_recalls
+    from models.trainer import MAX_SHUFFLE_BUFFER, VAL_MACRO_RECALL, MacroRecallCallback
+
+    timings = {}
+    started = time.perf_counter()
+    num_classes = len(config.class_ids)
+    train, evaluation = patches.split == TRAIN_SPLIT, patches.split == EVAL_SPLIT
+    train_counts = np.bincount(patches.label_index[train], minlength=num_classes)
+    weights = class_weights(dict(zip(config.class_ids, train_counts.tolist())), config.class_ids,
+                            config.model.class_weights, config.model.effective_number_beta)
+    tf_keras.utils.set_random_seed(config.model.seed)
+    batch = config.model.batch_size
+    train_data = (tf.data.Dataset.from_tensor_slices((model_inputs(values[train], config),
+                                                      patches.label_index[train]))
+                  .shuffle(min(int(train.sum()), MAX_SHUFFLE_BUFFER), seed=config.model.seed,
+                           reshuffle_each_iteration=True)
+                  .batch(batch).prefetch(tf.data.AUTOTUNE))
+    eval_inputs = model_inputs(values[evaluation], config)
+    eval_data = tf.data.Dataset.from_tensor_slices((eval_inputs, patches.label_index[evaluation])).batch(batch)
+    model = build_model(config)
+    history = model.fit(
+        train_data, validation_data=eval_data, epochs=config.model.epochs, verbose=0, class_weight=weights,
+        callbacks=[MacroRecallCallback(eval_data, num_classes),
+                   tf_keras.callbacks.EarlyStopping(monitor=VAL_MACRO_RECALL, mode="max",
+                                                    patience=config.model.early_stopping_patience,
+                                                    restore_best_weights=True)])
+    timings["train"] = time.perf_counter() - started
+    started = time.perf_counter()
+    probabilities = model.predict(eval_inputs, batch_size=batch, verbose=0)
+    recalls = argmax_recalls(patches.label_index[evaluation], probabilities, num_classes)
+    predicted = np.bincount(np.argmax(probabilities, axis=-1), minlength=num_classes)
+    timings["evaluate"] = time.perf_counter() - started
+    return {
+        "seconds": timings,
+        "epochs_run": len(history.history[VAL_MACRO_RECALL]),
+        "per_class_recall": dict(zip(config.class_names, recalls.tolist())),
+        "macro_recall": float(np.mean(recalls)),
+        "majority_prediction_share": float(predicted.max() / predicted.sum()),
+    }
+
+
+def run_floor(config: Config) -> dict:
+    """Everything the floor does, with the seconds each stage took."""
+    started = time.perf_counter()
+    patches = read_patches(config)
+    read_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    values = normalise(patches, config)
+    normalise_seconds = time.perf_counter() - started
+    result = train_and_evaluate(values, patches, config)
+    result["seconds"] = {"read": read_seconds, "normalise": normalise_seconds, **result["seconds"]}
+    result["seconds"]["total"] = sum(result["seconds"].values())
+    result["examples"] = {name: int(np.count_nonzero(patches.split == name)) for name in (TRAIN_SPLIT, EVAL_SPLIT)}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML or JSON config file, as for `terrafuse run`")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    parser.add_argument("--data-root", help="folder of span-NNNN/SCENE/ folders (run.data_root)")
+    parser.add_argument("--json", help="also write the result to this file")
+    args = parser.parse_args(argv)
+    overrides = args.overrides + ([f"run.data_root={args.data_root}"] if args.data_root else [])
+    result = run_floor(load_config(args.config, overrides))
+    seconds = ", ".join(f"{stage} {value:.1f} s" for stage, value in result["seconds"].items())
+    print(f"floor: {result['examples']} examples, {result['epochs_run']} epochs; {seconds}")
+    print("eval argmax recall: " + ", ".join(f"{name} {value:.3f}" for name, value in result["per_class_recall"].items())
+          + f"; macro {result['macro_recall']:.3f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

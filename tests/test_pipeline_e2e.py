@@ -1,0 +1,119 @@
+"""The whole pipeline on LocalDagRunner + Beam DirectRunner, on small generated scenes.
+
+The runs share one pipeline root and happen in order, as a user's would: a fresh run blesses and pushes; a
+rerun is cached; a run whose model collapses is refused and leaves the pushed version alone; a span whose
+label distribution drifted is stopped before Transform.
+"""
+import glob
+import hashlib
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from components.atomic_pusher import model_versions
+from models.evaluation import read_evaluation
+from models.metrics import argmax_recalls
+from models.trainer import PROBABILITIES, SERVING_SIGNATURE
+from pipeline.config import Config
+from pipeline.local import run_local
+from pipeline.summary import last_run
+from synth.scenes import generate_sample
+from transforms.features import LABEL
+
+pytestmark = pytest.mark.slow
+
+# A learning rate this large kills every ReLU in the first steps: the model predicts one class whatever the input.
+COLLAPSE = {"model.learning_rate": 30.0, "model.epochs": 2}
+
+
+def states(config):
+    return {run.node: run.state for run in last_run(config)}
+
+
+def output_uri(config, node, key):
+    (uri,) = [r.outputs[key][0].uri for r in last_run(config) if r.node == node and r.outputs.get(key)]
+    return uri
+
+
+def tree_digest(path):
+    digest = hashlib.sha256()
+    for name in sorted(glob.glob(os.path.join(path, "**"), recursive=True)):
+        digest.update(name.encode())
+        if os.path.isfile(name):
+            digest.update(open(name, "rb").read())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    generate_sample(root / "data", Config(), spans=1, scenes_per_span=4, size=112, seed=1)
+    return Config().replace({
+        "run.data_root": str(root / "data"),
+        "run.pipeline_root": str(root / "pipeline"),
+        "model.epochs": 6,
+        "ingest.block_size": 16,
+    })
+
+
+@pytest.fixture(scope="module")
+def first_run(config):
+    ok = run_local(config)
+    return ok, read_evaluation(output_uri(config, "Evaluator", "evaluation"), config)
+
+
+def test_fresh_run_blesses_and_pushes_one_version(config, first_run):
+    ok, evaluation = first_run
+    assert ok
+    assert evaluation.blessed, evaluation.failures
+    assert min(evaluation.per_class_recall.values()) >= config.gate.min_class_recall
+    assert len(model_versions(config.serving_dir)) == 1
+
+
+def test_pushed_model_reproduces_the_evaluators_recalls(config, first_run):
+    _, evaluation = first_run
+    (version,) = model_versions(config.serving_dir)
+    model = tf.saved_model.load(os.path.join(config.serving_dir, version))
+    eval_files = glob.glob(os.path.join(output_uri(config, "SceneExampleGen", "examples"), "Split-eval", "*.gz"))
+    serialized = np.concatenate([b.numpy() for b in tf.data.TFRecordDataset(eval_files, "GZIP").batch(4096)])
+    labels = tf.io.parse_example(serialized, {LABEL: tf.io.FixedLenFeature([], tf.int64)})[LABEL].numpy()
+    probabilities = model.signatures[SERVING_SIGNATURE](examples=tf.constant(serialized))[PROBABILITIES].numpy()
+    label_index = np.searchsorted(config.class_ids, labels)
+    recalls = argmax_recalls(label_index, probabilities, len(config.class_ids))
+    np.testing.assert_allclose(recalls, list(evaluation.per_class_recall.values()), atol=1e-6)
+
+
+def test_rerun_is_served_from_cache(config, first_run):
+    assert run_local(config)
+    found = states(config)
+    for node in ("SceneExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator"):
+        assert found[node] == "CACHED", found
+    assert len(model_versions(config.serving_dir)) == 1
+
+
+def test_collapsed_model_is_refused_and_the_pushed_version_is_untouched(config, first_run):
+    (version,) = model_versions(config.serving_dir)
+    before = tree_digest(os.path.join(config.serving_dir, version))
+    collapsed = config.replace(COLLAPSE)
+    run_local(collapsed)
+    evaluation = read_evaluation(output_uri(collapsed, "Evaluator", "evaluation"), collapsed)
+    assert evaluation.majority_prediction_share > 0.95
+    assert not evaluation.blessed
+    assert any(recall < config.gate.min_class_recall for recall in evaluation.per_class_recall.values())
+    assert any("ArgmaxRecall" in failure or "argmax_recall" in failure for failure in evaluation.failures)
+    assert model_versions(config.serving_dir) == [version]
+    assert tree_digest(os.path.join(config.serving_dir, version)) == before
+
+
+def test_drifted_span_is_stopped_before_transform(config, first_run, capsys):
+    versions = model_versions(config.serving_dir)
+    generate_sample(config.run.data_root, Config(), spans=2, scenes_per_span=4, size=112, seed=1, shifted_span=2)
+    assert not run_local(config)
+    found = states(config)
+    assert found["DataGate"] == "FAILED"
+    assert "Transform" not in found and "Trainer" not in found
+    out = capsys.readouterr().out
+    assert "last blessed model's training data vs this span's training data" in out
+    assert model_versions(config.serving_dir) == versions
