@@ -21,8 +21,24 @@ from pathlib import Path
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 import numpy as np
+import tensorflow as tf
+import tf_keras
+from tfx.components.example_gen import utils as example_gen_utils
+from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
+from tfx.dsl.io import fileio
+from tfx.proto import example_gen_pb2
+from tfx.utils import proto_utils
 
+from components.patches import block_ids, extract_patches, sample_pixels
+from components.scene_example_gen import SceneExampleGen, scene_rng
+from components.scenes import load_scene, scene_dirs
+from models.class_weights import class_weights
+from models.fused_cnn import STREAMS_BY_MODE, build_model
+from models.metrics import argmax_recalls
+from models.trainer import MAX_SHUFFLE_BUFFER, VAL_MACRO_RECALL, MacroRecallCallback
 from pipeline.config import Config, load_config
+from transforms.features import LIDAR_PREFIX, MULTISPECTRAL, layout
+from transforms.preprocessing import _lidar_pretransform
 
 TRAIN_SPLIT = "train"  # the Trainer's TrainArgs and EvalArgs splits (pipeline/dag.py)
 EVAL_SPLIT = "eval"
@@ -39,14 +55,6 @@ class Patches:
 
 def scene_folders(config: Config) -> list[Path]:
     """The scene folders SceneExampleGen reads: the newest span matched by the same input config."""
-    from tfx.components.example_gen import utils as example_gen_utils
-    from tfx.dsl.io import fileio
-    from tfx.proto import example_gen_pb2
-    from tfx.utils import proto_utils
-
-    from components.scene_example_gen import SceneExampleGen
-    from components.scenes import scene_dirs
-
     component = SceneExampleGen(config)
     input_config = proto_utils.json_to_proto(component.exec_properties["input_config"], example_gen_pb2.Input())
     input_base = component.exec_properties["input_base"]
@@ -57,13 +65,6 @@ def scene_folders(config: Config) -> list[Path]:
 
 def split_of_blocks(blocks: list[bytes], config: Config) -> dict[bytes, str]:
     """Split name of each block id, by the ExampleGen's own partition function and output config."""
-    import tensorflow as tf
-    from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
-    from tfx.proto import example_gen_pb2
-    from tfx.utils import proto_utils
-
-    from components.scene_example_gen import SceneExampleGen
-
     output = proto_utils.json_to_proto(SceneExampleGen(config).exec_properties["output_config"],
                                        example_gen_pb2.Output())
     splits = output.split_config.splits
@@ -78,10 +79,6 @@ def split_of_blocks(blocks: list[bytes], config: Config) -> dict[bytes, str]:
 
 def read_patches(config: Config) -> Patches:
     """Same scenes, same sampled pixels (same seed per scene), same patches and blocks as ingestion."""
-    from components.patches import block_ids, extract_patches, sample_pixels
-    from components.scene_example_gen import scene_rng
-    from components.scenes import load_scene
-
     index_of = {class_id: i for i, class_id in enumerate(config.class_ids)}
     values, labels, blocks = [], [], []
     for folder in scene_folders(config):
@@ -98,11 +95,6 @@ def read_patches(config: Config) -> Patches:
 
 def normalise(patches: Patches, config: Config) -> np.ndarray:
     """Per-channel z-score on the training split's statistics, as tft.scale_to_z_score does in the Transform."""
-    import tensorflow as tf
-
-    from transforms.features import LIDAR_PREFIX, layout
-    from transforms.preprocessing import _lidar_pretransform
-
     if config.transform.normalization != "per_stream":  # the "none" ablation: raw values, as the Transform
         return patches.values
     lay = layout(config)
@@ -120,9 +112,6 @@ def normalise(patches: Patches, config: Config) -> np.ndarray:
 
 def model_inputs(values: np.ndarray, config: Config) -> dict[str, np.ndarray]:
     """(N, C, P*P) -> one (N, P, P, channels) array per stream the model uses, as the Transform stacks them."""
-    from models.fused_cnn import STREAMS_BY_MODE
-    from transforms.features import MULTISPECTRAL, layout
-
     lay = layout(config)
     n_ms = len(lay.multispectral)
     by_stream = {}
@@ -136,14 +125,6 @@ def model_inputs(values: np.ndarray, config: Config) -> dict[str, np.ndarray]:
 def train_and_evaluate(values: np.ndarray, patches: Patches, config: Config) -> dict:
     """The Trainer's fit (same model, weights, epochs, batch, seed, shuffle and early stopping), then argmax
     recall on the eval split."""
-    import tensorflow as tf
-    import tf_keras
-
-    from models.class_weights import class_weights
-    from models.fused_cnn import build_model
-    from models.metrics import argmax_recalls
-    from models.trainer import MAX_SHUFFLE_BUFFER, VAL_MACRO_RECALL, MacroRecallCallback
-
     timings = {}
     started = time.perf_counter()
     num_classes = len(config.class_ids)

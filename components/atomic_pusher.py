@@ -22,10 +22,27 @@ from tfx.utils import proto_utils
 from tfx.v1.components import Pusher
 
 STAGING_PREFIX = ".staging-"
+# Inside each published version: the model it was copied from, so a rerun never publishes a model twice.
+SOURCE_MARKER = os.path.join("assets.extra", "terrafuse_source.txt")
+
+
+def published_version_of(model_dir: str, base_dir: str) -> str | None:
+    for version in model_versions(base_dir):
+        marker = os.path.join(base_dir, version, SOURCE_MARKER)
+        if os.path.exists(marker) and open(marker).read() == os.path.abspath(model_dir):
+            return os.path.join(base_dir, version)
+    return None
 
 
 def publish_atomically(model_dir: str, base_dir: str, version: int | None = None) -> str:
-    """Copies model_dir to base_dir/<version>; the version folder exists only once the copy is complete."""
+    """Copies model_dir to base_dir/<version>; the version folder exists only once the copy is complete.
+
+    A model already published (a rerun re-blessing a cached model) keeps its version: nothing is copied.
+    """
+    already = published_version_of(model_dir, base_dir)
+    if already:
+        logging.info("Model %s is already published as %s", model_dir, already)
+        return already
     os.makedirs(base_dir, exist_ok=True)
     version = int(time.time()) if version is None else version
     while os.path.exists(os.path.join(base_dir, str(version))):
@@ -34,6 +51,9 @@ def publish_atomically(model_dir: str, base_dir: str, version: int | None = None
     staging = os.path.join(base_dir, f"{STAGING_PREFIX}{version}-{os.getpid()}")
     try:
         shutil.copytree(model_dir, staging)
+        os.makedirs(os.path.dirname(os.path.join(staging, SOURCE_MARKER)), exist_ok=True)
+        with open(os.path.join(staging, SOURCE_MARKER), "w") as f:
+            f.write(os.path.abspath(model_dir))
         os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -1,10 +1,11 @@
-"""The data gate: the one place that can stop a run before Transform.
+"""The data gates: the only components that can stop a run before Transform.
 
-TFX's validators only record anomalies; downstream components run regardless. The gate reads what they found
-(schema anomalies from ExampleValidator, the eval-vs-train label comparison of DistributionValidator), measures
-label skew itself (train vs eval, and this span vs the training data of the last blessed model), and fails with
-a message naming the feature or class that moved, by how much, against which limit. When it passes it hands the
-training split's label counts to the Trainer, so class weights need no second pass over the data.
+TFX's validators only record anomalies; downstream components run regardless. DataGate reads what they found
+(schema anomalies from ExampleValidator, the eval-vs-train label comparison of DistributionValidator) and
+measures train-vs-eval label skew itself; DriftGate compares this span's training labels with the training data
+of the last blessed model. Both fail with a message naming the feature or class that moved, by how much, against
+which limit. DataGate hands the training split's label counts to the Trainer, so class weights need no second
+pass over the data.
 """
 
 import glob
@@ -25,6 +26,7 @@ from models.trainer import read_training_record
 from pipeline.config import Config, ValidationConfig
 
 LABEL_COUNTS_FILE = "label_counts.json"
+DRIFT_COMPARISON = "last blessed model's training data vs this span's training data"
 GATE_REPORT_PROPERTY = "gate_report"
 
 
@@ -118,8 +120,8 @@ def anomaly_messages(anomalies: anomalies_pb2.Anomalies, source: str) -> list[st
 
 
 def evaluate(config: Config, counts: dict[str, dict[int, int]], schema_anomalies: list[str],
-             distribution_anomalies: list[str], baseline_train_counts: dict[int, int] | None) -> GateReport:
-    """Decides whether the data may be trained on. Pure: every input is already read from disk."""
+             distribution_anomalies: list[str]) -> GateReport:
+    """Whether this span's data may be trained on. Pure: every input is already read from disk."""
     limits: ValidationConfig = config.validation
     report = GateReport(label_counts=counts)
     names = dict(zip(config.class_ids, config.class_names))
@@ -136,17 +138,33 @@ def evaluate(config: Config, counts: dict[str, dict[int, int]], schema_anomalies
     missing = [f"{c} {names[c]}" for c in config.class_ids if counts["train"].get(c, 0) == 0]
     if missing:
         report.problems.append(f"classes with no training examples (the model cannot learn them): {missing}")
-    comparisons = [("train vs eval", counts["train"], counts["eval"], limits.train_eval_linf_max, limits.train_eval_js_max)]
-    if baseline_train_counts is not None:
-        comparisons.append(("last blessed model's training data vs this span's training data",
-                            baseline_train_counts, counts["train"], limits.span_drift_linf_max, limits.span_drift_js_max))
-    for label, a, b, linf_max, js_max in comparisons:
-        if sum(a.values()) and sum(b.values()):
-            divergence = compare(label, a, b, config.class_ids, linf_max, js_max)
-            report.divergences.append(divergence)
-            if divergence.exceeded:
-                report.problems.append(divergence.describe(names))
+    if all(sum(counts[split].values()) for split in ("train", "eval")):
+        _check(report, compare("train vs eval", counts["train"], counts["eval"], config.class_ids,
+                               limits.train_eval_linf_max, limits.train_eval_js_max), names)
     return report
+
+
+def evaluate_drift(config: Config, train_counts: dict[int, int], baseline_train_counts: dict[int, int]) -> GateReport:
+    """Whether this span's labels moved too far from the data the blessed model was trained on."""
+    limits: ValidationConfig = config.validation
+    report = GateReport(label_counts={"train": train_counts, "baseline_train": baseline_train_counts})
+    if sum(train_counts.values()) and sum(baseline_train_counts.values()):
+        _check(report, compare(DRIFT_COMPARISON, baseline_train_counts, train_counts, config.class_ids,
+                               limits.span_drift_linf_max, limits.span_drift_js_max),
+               dict(zip(config.class_ids, config.class_names)))
+    return report
+
+
+def _check(report: GateReport, divergence: Divergence, names: dict[int, str]) -> None:
+    report.divergences.append(divergence)
+    logging.info("Data gate: %s", divergence.describe(names))
+    if divergence.exceeded:
+        report.problems.append(divergence.describe(names))
+
+
+def _train_eval_counts(statistics: Artifact, config: Config) -> dict[str, dict[int, int]]:
+    return {split: label_counts(stats_artifact_utils.load_statistics(statistics, split).proto(), config.class_ids)
+            for split in ("train", "eval")}
 
 
 def _read_anomalies(artifact: Artifact, source: str) -> list[str]:
@@ -158,6 +176,12 @@ def _read_anomalies(artifact: Artifact, source: str) -> list[str]:
     return messages
 
 
+def _record(report: GateReport, artifact: Artifact, gate: str) -> None:
+    artifact.set_string_custom_property(GATE_REPORT_PROPERTY, report.to_json())
+    if not report.passed:
+        raise DataGateError(f"{gate} stopped the run before Transform:\n  " + "\n  ".join(report.problems))
+
+
 @tfx.dsl.components.component
 def DataGate(
     statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
@@ -165,24 +189,34 @@ def DataGate(
     distribution_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     training_labels: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.HyperParameters],
     config_json: tfx.dsl.components.Parameter[str],
-    baseline_model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model] = None,
 ) -> None:
-    """Fails the run on schema anomalies or label skew; otherwise passes label counts on to the Trainer."""
+    """Fails the run on schema anomalies or train/eval label skew; else hands label counts to the Trainer.
+
+    It takes no baseline, so on a rerun over the same data it is cached and so is the Trainer it feeds.
+    """
     config = Config.from_dict(json.loads(config_json))
-    counts = {
-        split: label_counts(stats_artifact_utils.load_statistics(statistics, split).proto(), config.class_ids)
-        for split in ("train", "eval")
-    }
-    baseline_counts = None
-    if baseline_model is not None:
-        record = read_training_record(path_utils.serving_model_path(baseline_model.uri))
-        baseline_counts = {int(k): int(v) for k, v in record["label_counts"]["train"].items()}
+    counts = _train_eval_counts(statistics, config)
     report = evaluate(config, counts, _read_anomalies(schema_anomalies, "ExampleValidator"),
-                      _read_anomalies(distribution_anomalies, "DistributionValidator"), baseline_counts)
-    training_labels.set_string_custom_property(GATE_REPORT_PROPERTY, report.to_json())
-    for divergence in report.divergences:
-        logging.info("Data gate: %s", divergence.describe(dict(zip(config.class_ids, config.class_names))))
-    if not report.passed:
-        raise DataGateError("Data gate stopped the run before Transform:\n  " + "\n  ".join(report.problems))
+                      _read_anomalies(distribution_anomalies, "DistributionValidator"))
+    _record(report, training_labels, "Data gate")
     with open(os.path.join(training_labels.uri, LABEL_COUNTS_FILE), "w") as f:
         json.dump({split: {str(k): v for k, v in c.items()} for split, c in counts.items()}, f, sort_keys=True)
+
+
+@tfx.dsl.components.component
+def DriftGate(
+    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
+    drift_report: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+    config_json: tfx.dsl.components.Parameter[str],
+    baseline_model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model] = None,
+) -> None:
+    """Fails the run when this span's training labels drifted from the last blessed model's training data."""
+    config = Config.from_dict(json.loads(config_json))
+    if baseline_model is None:
+        logging.info("Drift gate: no blessed model yet, nothing to compare with")
+        report = GateReport(label_counts={})
+    else:
+        record = read_training_record(path_utils.serving_model_path(baseline_model.uri))
+        baseline = {int(k): int(v) for k, v in record["label_counts"]["train"].items()}
+        report = evaluate_drift(config, _train_eval_counts(statistics, config)["train"], baseline)
+    _record(report, drift_report, "Drift gate")

@@ -29,7 +29,7 @@ from tfx.utils import proto_utils
 
 from components.patches import block_ids, encode_examples, sample_pixels
 from components.scenes import SceneError, load_scene, scene_dirs
-from pipeline.config import Config
+from pipeline.config import Config, resolve_path
 from transforms.features import BLOCK_ID
 
 _ERRORS = "errors"
@@ -211,7 +211,7 @@ class Executor(BaseExampleGenExecutor):
 def SceneExampleGen(config: Config) -> FileBasedExampleGen:
     """The ingestion component: newest span under config.run.data_root, split spatially on block_id."""
     return FileBasedExampleGen(
-        input_base=os.path.abspath(config.run.data_root),
+        input_base=resolve_path(config.run.data_root),
         input_config=example_gen_pb2.Input(
             splits=[example_gen_pb2.Input.Split(name="scenes", pattern=config.ingest.split_pattern)]
         ),

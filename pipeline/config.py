@@ -126,6 +126,20 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class KubeflowConfig:
+    """Where the compiled pipeline runs: the paths are as the cluster's containers see them."""
+
+    image: str = "terrafuse:0.1.0"
+    host: str = ""  # KFP API endpoint, e.g. https://kubeflow.example.com/pipeline
+    experiment: str = "terrafuse"
+    pipeline_root: str = ""  # e.g. gs://bucket/terrafuse or a mounted volume; empty: run.pipeline_root
+    data_root: str = ""  # empty: run.data_root
+    serving_dir: str = ""  # a POSIX path (mounted volume): pushes are atomic renames; empty: <pipeline_root>/serving
+    spec_file: str = "outputs/kubeflow/terrafuse.yaml"
+    cron: str = "0 0 3 * * *"  # KFP cron: six fields, seconds first
+
+
+@dataclass(frozen=True)
 class Config:
     classes: tuple[TerrainClass, ...] = DEFAULT_CLASSES
     streams: StreamsConfig = field(default_factory=StreamsConfig)
@@ -135,6 +149,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -187,6 +202,11 @@ class Config:
                 raise ConfigError(f"unknown config key {dotted!r}")
             target[key] = value
         return Config.from_dict(data)
+
+
+def resolve_path(path: str) -> str:
+    """Absolute for a local path; URIs such as gs://bucket/dir are left as they are."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -8,10 +8,10 @@ from tfx.components import DistributionValidator
 from tensorflow_metadata.proto.v0 import path_pb2, schema_pb2
 
 from components.atomic_pusher import AtomicPusher
-from components.data_gate import DataGate
+from components.data_gate import DataGate, DriftGate
 from components.scene_example_gen import SceneExampleGen
 from models.evaluation import eval_config
-from pipeline.config import Config
+from pipeline.config import Config, resolve_path
 from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
 from transforms.features import LABEL, layout
 
@@ -65,6 +65,10 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         statistics=statistics_gen.outputs["statistics"],
         schema_anomalies=example_validator.outputs["anomalies"],
         distribution_anomalies=label_skew_validator.outputs["anomalies"],
+        config_json=config.restricted("validation").to_json(),
+    )
+    drift_gate = DriftGate(
+        statistics=statistics_gen.outputs["statistics"],
         baseline_model=latest_blessed_model.outputs["model"],
         config_json=config.restricted("validation").to_json(),
     )
@@ -75,6 +79,7 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         custom_config={"config": config.restricted("streams", "ingest", "transform").to_dict()},
     )
     transform.add_upstream_node(data_gate)
+    transform.add_upstream_node(drift_gate)
     trainer = tfx.components.Trainer(
         module_file=os.path.normpath(TRAINER_MODULE),
         examples=transform.outputs["transformed_examples"],
@@ -97,9 +102,9 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
     )
     return tfx.dsl.Pipeline(
         pipeline_name=config.run.pipeline_name,
-        pipeline_root=os.path.abspath(config.run.pipeline_root),
+        pipeline_root=resolve_path(config.run.pipeline_root),
         components=[example_gen, schema_gen, statistics_gen, example_validator, label_skew_validator,
-                    latest_blessed_model, data_gate, transform, trainer, evaluator, pusher],
+                    latest_blessed_model, data_gate, drift_gate, transform, trainer, evaluator, pusher],
         enable_cache=config.run.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_args(config),

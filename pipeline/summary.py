@@ -82,17 +82,18 @@ def render(config: Config, runs: list[ComponentRun]) -> str:
     lines = ["Components (state, seconds):"]
     lines += [f"  {r.node:<28} {r.state:<9} {r.seconds:7.1f}" for r in runs]
     names = dict(zip(config.class_ids, config.class_names))
-    gate = _output(runs, "DataGate", "training_labels")
-    report = json.loads(_string_property(gate, GATE_REPORT_PROPERTY) or "{}") if gate else {}
-    if report:
+    reports = [json.loads(_string_property(artifact, GATE_REPORT_PROPERTY) or "{}")
+               for artifact in (_output(runs, "DataGate", "training_labels"), _output(runs, "DriftGate", "drift_report"))
+               if artifact is not None]
+    if reports:
         lines.append("Examples per split and class:")
-        for split, counts in report["label_counts"].items():
+        for split, counts in reports[0]["label_counts"].items():
             total = sum(counts.values())
             per_class = ", ".join(f"{names[int(k)]} {v}" for k, v in sorted(counts.items(), key=lambda kv: int(kv[0])))
             lines.append(f"  {split:<5} {total:6d}: {per_class}")
-        for d in report["divergences"]:
-            lines.append(f"  skew {d['comparison']}: L-inf {d['linf']:.3f} (limit {d['linf_max']}), "
-                         f"JS {d['js']:.4f} (limit {d['js_max']})")
+    for d in (d for report in reports for d in report["divergences"]):
+        lines.append(f"  skew {d['comparison']}: L-inf {d['linf']:.3f} (limit {d['linf_max']}), "
+                     f"JS {d['js']:.4f} (limit {d['js_max']})")
     lines += evaluation_lines(config, runs)
     return "\n".join(lines)
 

@@ -18,8 +18,10 @@ def _model(tmp_path):
 
 def test_publishes_a_complete_version_and_keeps_earlier_ones(tmp_path):
     model, serving = _model(tmp_path), tmp_path / "serving"
+    other = tmp_path / "other"
+    shutil.copytree(model, other)
     first = publish_atomically(str(model), str(serving), version=100)
-    second = publish_atomically(str(model), str(serving), version=100)  # same second: next number
+    second = publish_atomically(str(other), str(serving), version=100)  # same second: next number
     assert model_versions(str(serving)) == ["100", "101"]
     assert os.path.basename(second) == "101"
     assert (serving / "100" / "saved_model.pb").read_bytes() == b"graph"
@@ -36,8 +38,17 @@ def test_a_copy_that_fails_midway_leaves_no_version(tmp_path, monkeypatch):
         shutil.copy(os.path.join(src, "saved_model.pb"), dst)
         raise OSError("disk full")
 
+    retrained = tmp_path / "retrained"
+    shutil.copytree(model, retrained)
     monkeypatch.setattr(atomic_pusher.shutil, "copytree", copy_then_crash)
     with pytest.raises(OSError, match="disk full"):
-        publish_atomically(str(model), str(serving), version=200)
+        publish_atomically(str(retrained), str(serving), version=200)
     assert sorted(os.listdir(serving)) == ["100"]
     assert (serving / "100" / "variables" / "variables.data-00000-of-00001").stat().st_size == 1000
+
+
+def test_a_model_already_published_is_not_published_again(tmp_path):
+    model, serving = _model(tmp_path), tmp_path / "serving"
+    first = publish_atomically(str(model), str(serving), version=100)
+    assert publish_atomically(str(model), str(serving), version=200) == first
+    assert model_versions(str(serving)) == ["100"]

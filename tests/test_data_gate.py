@@ -4,7 +4,7 @@ import math
 import numpy as np
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-from components.data_gate import anomaly_messages, compare, evaluate, jensen_shannon
+from components.data_gate import anomaly_messages, compare, evaluate, evaluate_drift, jensen_shannon
 from pipeline.config import Config
 
 CONFIG = Config()
@@ -37,13 +37,13 @@ def test_compare_names_the_class_that_moved():
 
 
 def test_passes_unskewed_data():
-    report = evaluate(CONFIG, {"train": BALANCED, "eval": counts(0.28, 0.37, 0.05, 0.09, 0.16, 0.05)}, [], [], None)
+    report = evaluate(CONFIG, {"train": BALANCED, "eval": counts(0.28, 0.37, 0.05, 0.09, 0.16, 0.05)}, [], [])
     assert report.passed, report.problems
     assert len(report.divergences) == 1 and report.divergences[0].linf < 0.03
 
 
 def test_stops_on_train_eval_skew_with_figures_and_limit():
-    report = evaluate(CONFIG, {"train": BALANCED, "eval": counts(0.08, 0.37, 0.05, 0.10, 0.15, 0.25)}, [], [], None)
+    report = evaluate(CONFIG, {"train": BALANCED, "eval": counts(0.08, 0.37, 0.05, 0.10, 0.15, 0.25)}, [], [])
     assert not report.passed
     message = report.problems[0]
     assert "train vs eval" in message and "L-infinity 0.220 (limit 0.15)" in message
@@ -52,23 +52,24 @@ def test_stops_on_train_eval_skew_with_figures_and_limit():
 
 def test_stops_on_drift_from_the_blessed_models_training_data():
     drifted = counts(0.10, 0.20, 0.05, 0.10, 0.25, 0.30)
-    report = evaluate(CONFIG, {"train": drifted, "eval": drifted}, [], [], baseline_train_counts=BALANCED)
-    assert [d.comparison.startswith("last blessed") for d in report.divergences] == [False, True]
+    report = evaluate_drift(CONFIG, drifted, BALANCED)
     assert len(report.problems) == 1 and "last blessed model's training data" in report.problems[0]
+    assert "L-infinity 0.250 (limit 0.1)" in report.problems[0]
+    assert evaluate_drift(CONFIG, counts(0.29, 0.36, 0.05, 0.10, 0.15, 0.05), BALANCED).passed
 
 
 def test_schema_anomalies_stop_the_run_unless_configured_to_report_only():
     split = {"train": BALANCED, "eval": BALANCED}
     anomaly = ["ExampleValidator (Split-train): feature 'ms_red': out of range"]
-    assert evaluate(CONFIG, split, anomaly, [], None).problems == anomaly
+    assert evaluate(CONFIG, split, anomaly, []).problems == anomaly
     lenient = CONFIG.replace({"validation.fail_on_schema_anomalies": False})
-    assert evaluate(lenient, split, anomaly, [], None).passed
+    assert evaluate(lenient, split, anomaly, []).passed
 
 
 def test_class_missing_from_training_stops_the_run():
     no_water = {**BALANCED, 80: 0}
     report = evaluate(CONFIG.replace({"validation.train_eval_linf_max": 1.0, "validation.train_eval_js_max": 1.0}),
-                      {"train": no_water, "eval": BALANCED}, [], [], None)
+                      {"train": no_water, "eval": BALANCED}, [], [])
     assert any("80 water" in p for p in report.problems)
 
 

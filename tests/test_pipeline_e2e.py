@@ -88,9 +88,13 @@ def test_pushed_model_reproduces_the_evaluators_recalls(config, first_run):
 def test_rerun_is_served_from_cache(config, first_run):
     assert run_local(config)
     found = states(config)
-    for node in ("SceneExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator"):
+    for node in ("SceneExampleGen", "StatisticsGen", "DataGate", "Transform", "Trainer"):
         assert found[node] == "CACHED", found
+    # The first blessed model is now the Evaluator's baseline: it re-evaluates once, the push is a no-op.
     assert len(model_versions(config.serving_dir)) == 1
+    assert run_local(config)
+    rerun = {node: state for node, state in states(config).items() if node != "latest_blessed_model"}
+    assert set(rerun.values()) == {"CACHED"}, rerun
 
 
 def test_collapsed_model_is_refused_and_the_pushed_version_is_untouched(config, first_run):

@@ -1,0 +1,154 @@
+"""Measuring a fresh process (wall time, peak memory of its whole process tree) and describing the machine.
+
+Pipeline runs and the floor run in subprocesses: a user's `terrafuse run` pays the TFX imports, and Beam's
+multi_processing workers are child processes whose memory counts too.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from pipeline.config import Config
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_SECONDS = 0.1
+VERSIONED_PACKAGES = ("tfx", "tensorflow", "apache-beam", "tensorflow-transform", "tensorflow-model-analysis",
+                      "numpy")
+
+
+class BenchError(RuntimeError):
+    """A measurement that could not be taken; the message says where its log is."""
+
+
+@dataclass
+class ProcessMeasure:
+    seconds: float
+    peak_rss_mib: float  # largest sum of RSS over the process and its descendants, sampled every SAMPLE_SECONDS
+    returncode: int
+
+
+def _tree_rss(process: psutil.Process) -> int:
+    total = 0
+    for member in [process, *process.children(recursive=True)]:
+        try:
+            total += member.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def run_measured(args: list[str], log_path: Path) -> ProcessMeasure:
+    """`python ARGS` from the repository root, output to log_path; wall time and sampled peak tree memory."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    peak = 0
+    stop = threading.Event()
+    with open(log_path, "w") as log:
+        started = time.perf_counter()
+        process = psutil.Popen([sys.executable, *args], cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+        def sample() -> None:
+            nonlocal peak
+            while True:
+                try:
+                    peak = max(peak, _tree_rss(process))
+                except psutil.NoSuchProcess:
+                    return
+                if stop.wait(SAMPLE_SECONDS):
+                    return
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        returncode = process.wait()
+        seconds = time.perf_counter() - started
+        stop.set()
+        sampler.join()
+    return ProcessMeasure(seconds, peak / 2**20, returncode)
+
+
+def run_pipelines(configs: list[Config], work: Path, name: str) -> tuple[ProcessMeasure, list[dict[str, Any]]]:
+    """The configs run one after another in one fresh worker process; each run's record (bench/worker.py)."""
+    job, out = work / "jobs" / f"{name}.json", work / "jobs" / f"{name}.result.json"
+    job.parent.mkdir(parents=True, exist_ok=True)
+    job.write_text(json.dumps([config.to_dict() for config in configs]))
+    out.unlink(missing_ok=True)
+    log = work / "logs" / f"{name}.log"
+    measure = run_measured(["-m", "bench.worker", str(job), str(out)], log)
+    records = json.loads(out.read_text()) if out.exists() else []
+    if measure.returncode != 0 or len(records) != len(configs):
+        raise BenchError(f"{name}: worker exited {measure.returncode} after {len(records)} of {len(configs)} runs; "
+                         f"see {log}")
+    return measure, records
+
+
+def run_floor(config: Config, work: Path, name: str) -> tuple[ProcessMeasure, dict[str, Any]]:
+    """bench/floor.py on the config, in a fresh process."""
+    config_file, out = work / "jobs" / f"{name}.config.json", work / "jobs" / f"{name}.result.json"
+    config_file.parent.mkdir(parents=True, exist_ok=True)
+    config_file.write_text(config.to_json())
+    out.unlink(missing_ok=True)
+    log = work / "logs" / f"{name}.log"
+    measure = run_measured(["-m", "bench.floor", "--config", str(config_file), "--json", str(out)], log)
+    if measure.returncode != 0 or not out.exists():
+        raise BenchError(f"{name}: floor exited {measure.returncode}; see {log}")
+    return measure, json.loads(out.read_text())
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _git(*args: str) -> str:
+    """Read-only git (no optional index refresh, so a concurrent git command never meets our lock)."""
+    try:
+        return subprocess.run(["git", "--no-optional-locks", *args], cwd=REPO, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict[str, Any]:
+    modified = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "cpu_model": _cpu_model(),
+        "logical_cores": os.cpu_count(),
+        "physical_cores": psutil.cpu_count(logical=False),
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "packages": {name: importlib.metadata.version(name) for name in VERSIONED_PACKAGES},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_modified_tracked_files": len(modified.splitlines()) if modified != "unknown" else "unknown",
+    }
+
+
+def command(argv: list[str]) -> str:
+    """The command line that reproduces this run, from the repository root."""
+    python = Path(sys.executable)
+    try:
+        shown = str(python.relative_to(REPO))
+    except ValueError:
+        shown = str(python)
+    return shlex.join([shown, "-m", "bench.run", *argv])

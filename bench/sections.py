@@ -1,0 +1,296 @@
+"""The five measurements of the bench. Each returns plain data (JSON-ready); bench/report.py renders it.
+
+Sample data and pipeline runs are shared between sections through `Bench`: the 1x pipeline run is the
+pipeline section, the first scaling point and the floor's first comparison, measured once.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bench.measure import ProcessMeasure, run_floor, run_pipelines
+from bench.settings import ABLATION_OVERRIDES, Settings
+from pipeline.config import Config
+from synth.scenes import generate_sample
+
+
+def progress(section: str, message: str) -> None:
+    print(f"[{section}] {message}", flush=True)
+
+
+class Bench:
+    """Settings, the work folder, and every sample, pipeline run and floor run measured so far."""
+
+    def __init__(self, settings: Settings, work: Path):
+        self.settings = settings
+        self.work = work
+        self._samples: set[Path] = set()
+        self._pipelines: dict[tuple[int, str], dict[str, Any]] = {}
+        self._floors: dict[int, dict[str, Any]] = {}
+
+    def base_config(self) -> Config:
+        return Config().replace(self.settings.overrides)
+
+    def sample(self, scenes: int, side: int, seed: int = 0) -> Path:
+        """Synthetic scenes, written once per (scenes, side, seed)."""
+        path = self.work / "data" / f"scenes{scenes}-side{side}-seed{seed}"
+        if path not in self._samples:
+            generate_sample(path, self.base_config(), scenes_per_span=scenes, size=side, seed=seed)
+            self._samples.add(path)
+        return path
+
+    def scaled_config(self, multiple: int, mode: str = "in_memory") -> Config:
+        """The default sample times `multiple` (more scenes of the same side), in a pipeline root of its own."""
+        data = self.sample(self.settings.scenes * multiple, self.settings.scene_side)
+        return self.base_config().replace({
+            "run.data_root": str(data),
+            "run.pipeline_root": str(self.work / "pipelines" / f"x{multiple}-{mode}"),
+            "run.direct_running_mode": mode,
+        })
+
+    def pipeline(self, multiple: int, mode: str = "in_memory") -> dict[str, Any]:
+        """A fresh run in a new pipeline root, then an immediate rerun (cached), each in a fresh process."""
+        key = (multiple, mode)
+        if key not in self._pipelines:
+            config = self.scaled_config(multiple, mode)
+            runs = {}
+            for kind in ("fresh", "cached"):
+                progress("pipeline", f"{kind} run, {multiple}x data, DirectRunner {mode} ...")
+                measure, (record,) = run_pipelines([config], self.work, f"pipeline-x{multiple}-{mode}-{kind}")
+                runs[kind] = run_summary(measure, record)
+                progress("pipeline", f"  {runs[kind]['process_seconds']:.1f} s process, "
+                                     f"{runs[kind]['pipeline_seconds']:.1f} s pipeline, ok={runs[kind]['ok']}")
+            self._pipelines[key] = {"multiple": multiple, "mode": mode, "scenes": self.settings.scenes * multiple,
+                                    "scene_side": self.settings.scene_side, **runs}
+        return self._pipelines[key]
+
+    def floor(self, multiple: int) -> dict[str, Any]:
+        if multiple not in self._floors:
+            progress("floor", f"floor script, {multiple}x data ...")
+            measure, result = run_floor(self.scaled_config(multiple), self.work, f"floor-x{multiple}")
+            self._floors[multiple] = {"multiple": multiple, "process_seconds": measure.seconds,
+                                      "peak_rss_mib": measure.peak_rss_mib, **result}
+            progress("floor", f"  {measure.seconds:.1f} s process, {result['seconds']['total']:.1f} s of work")
+        return self._floors[multiple]
+
+
+def run_summary(measure: ProcessMeasure, record: dict[str, Any]) -> dict[str, Any]:
+    """One pipeline run: times, memory, data size, training speed and the evaluation."""
+    components = {c["node"]: {"state": c["state"], "seconds": c["seconds"]} for c in record["components"]}
+    counts = record["label_counts"]
+    patches = None
+    if counts is not None:
+        patches = {split: sum(by_class.values()) for split, by_class in counts.items()}
+        patches["total"] = sum(patches.values())
+    trainer = None
+    if record["training"] is not None and "Trainer" in components:
+        train_examples = sum(record["training"]["label_counts"]["train"].values())
+        seconds = components["Trainer"]["seconds"]
+        trainer = {"epochs_run": record["training"]["epochs_run"], "train_examples": train_examples,
+                   "seconds": seconds,
+                   "examples_per_second": train_examples * record["training"]["epochs_run"] / seconds}
+    return {
+        "ok": record["ok"],
+        "process_seconds": measure.seconds,
+        "pipeline_seconds": record["pipeline_seconds"],
+        "peak_rss_mib": max(measure.peak_rss_mib, record["maxrss_mib"]),
+        "sampled_tree_peak_rss_mib": measure.peak_rss_mib,
+        "maxrss_mib": record["maxrss_mib"],
+        "children_maxrss_mib": record["children_maxrss_mib"],
+        "components": components,
+        "patches": patches,
+        "trainer": trainer,
+        "evaluation": record["evaluation"],
+    }
+
+
+def _timed(work: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(result, wall seconds, CPU seconds of every thread of this process)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = work()
+    return result, time.perf_counter() - wall, time.process_time() - cpu
+
+
+def ingest(bench: Bench) -> dict[str, Any]:
+    """Issue 2: `scene_examples` (read, align, sample, cut, serialize) single-process on the default sample and
+    on 4x the pixels (scenes of twice the side), and the SceneExampleGen component in a pipeline run."""
+    from bench.floor import scene_folders
+    from components.scene_example_gen import scene_examples
+    from components.scenes import load_scene
+
+    settings = bench.settings
+    sets = []
+    for name, side in (("default sample", settings.scene_side), ("4x pixels (scenes of twice the side)",
+                                                                 2 * settings.scene_side)):
+        config = bench.base_config().replace({"run.data_root": str(bench.sample(settings.scenes, side))})
+        folders = [str(folder) for folder in scene_folders(config)]
+        progress("ingest", f"scene_examples on {len(folders)} scenes of {side} px, {settings.ingest_repeats} repeats")
+        scene_examples(folders[0], config)  # warm-up: first-call costs (GDAL and PROJ set-up) are not throughput
+        full = [_timed(lambda: sum(len(scene_examples(f, config)) for f in folders))
+                for _ in range(settings.ingest_repeats)]
+        load = [_timed(lambda: [load_scene(f, config) for f in folders]) for _ in range(settings.ingest_repeats)]
+        patches = full[0][0]
+        wall = statistics.median(t[1] for t in full)
+        cpu = statistics.median(t[2] for t in full)
+        sets.append({
+            "name": name, "scenes": len(folders), "scene_side": side, "pixels": len(folders) * side * side,
+            "patches": patches, "wall_seconds": wall, "cpu_seconds": cpu,
+            "patches_per_second": patches / wall, "patches_per_core_second": patches / cpu,
+            "cores_busy": cpu / wall, "load_scene_share": statistics.median(t[1] for t in load) / wall,
+        })
+        progress("ingest", f"  {patches} patches, {patches / wall:,.0f}/s wall, {patches / cpu:,.0f}/s per core")
+    fresh = bench.pipeline(1)["fresh"]
+    component_seconds = fresh["components"]["SceneExampleGen"]["seconds"]
+    return {
+        "repeats": settings.ingest_repeats,
+        "sets": sets,
+        "component": {"seconds": component_seconds, "patches": fresh["patches"]["total"],
+                      "patches_per_second": fresh["patches"]["total"] / component_seconds},
+    }
+
+
+def pipeline(bench: Bench) -> dict[str, Any]:
+    """Issue 3: fresh and cached runs on the default sample."""
+    return bench.pipeline(1)
+
+
+def _line(x: list[float], y: list[float]) -> tuple[float, float]:
+    """(intercept, slope) of the least-squares line; exact through two points."""
+    slope, intercept = np.polyfit(x, y, 1)
+    return float(intercept), float(slope)
+
+
+def scaling(bench: Bench) -> dict[str, Any]:
+    """Issue 5: fresh and cached runs at each data size, marginal cost, and multi_processing at one size."""
+    runs = [bench.pipeline(m) for m in bench.settings.multiples]
+    marginal = []
+    for before, after in zip(runs, runs[1:]):
+        added = after["fresh"]["patches"]["total"] - before["fresh"]["patches"]["total"]
+        marginal.append({
+            "from": before["multiple"], "to": after["multiple"],
+            "process_seconds_per_1000_patches":
+                1000 * (after["fresh"]["process_seconds"] - before["fresh"]["process_seconds"]) / added,
+            "pipeline_seconds_per_1000_patches":
+                1000 * (after["fresh"]["pipeline_seconds"] - before["fresh"]["pipeline_seconds"]) / added,
+        })
+    component_costs = {}
+    if len(runs) > 1:
+        patches = [run["fresh"]["patches"]["total"] for run in runs]
+        for node in runs[0]["fresh"]["components"]:
+            fixed, per_patch = _line(patches, [run["fresh"]["components"][node]["seconds"] for run in runs])
+            component_costs[node] = {"fixed_seconds": fixed, "seconds_per_1000_patches": 1000 * per_patch}
+    multiple = bench.settings.multi_processing_multiple
+    return {
+        "runs": runs,
+        "marginal": marginal,
+        "component_costs": component_costs,
+        "multi_processing": {"multiple": multiple, "in_memory": bench.pipeline(multiple),
+                             "multi_processing": bench.pipeline(multiple, "multi_processing")},
+    }
+
+
+def floor(bench: Bench) -> dict[str, Any]:
+    """Issue 5: the plain script against the pipeline at every size."""
+    rows = []
+    for multiple in bench.settings.multiples:
+        result, run = bench.floor(multiple), bench.pipeline(multiple)["fresh"]
+        rows.append({
+            "multiple": multiple, "floor": result,
+            "pipeline_seconds": run["pipeline_seconds"], "pipeline_process_seconds": run["process_seconds"],
+            "work_ratio": run["pipeline_seconds"] / result["seconds"]["total"],
+            "process_ratio": run["process_seconds"] / result["process_seconds"],
+        })
+    return {"rows": rows}
+
+
+def ablation_cells() -> list[dict[str, str]]:
+    """streams x normalization x class weights, normalization outermost so each seed's root runs Transform
+    only twice (a cell that changes only the model reuses the cached Transform)."""
+    from models.fused_cnn import STREAMS_BY_MODE
+
+    default = Config()
+    return [{"streams": streams, "normalization": normalization, "class_weights": weights}
+            for normalization in (default.transform.normalization, "none")
+            for streams in STREAMS_BY_MODE
+            for weights in (default.model.class_weights, "none")]
+
+
+def failure_cell() -> dict[str, str]:
+    """The seed project's failure: the default (fused) model on raw values without class weights."""
+    return {"streams": Config().model.streams, "normalization": "none", "class_weights": "none"}
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, float)
+    return {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max()),
+            "std": float(array.std())}
+
+
+def ablations(bench: Bench) -> dict[str, Any]:
+    """Issue 5: every cell as a real pipeline run, per seed (synthetic data seed and model.seed)."""
+    settings = bench.settings
+    cells = ablation_cells()
+    gate_floor = bench.base_config().gate.min_class_recall
+    per_seed = []
+    for seed in range(settings.seeds):
+        data = bench.sample(settings.scenes, settings.scene_side, seed)
+        configs = [bench.base_config().replace({
+            **ABLATION_OVERRIDES,
+            "model.streams": cell["streams"], "transform.normalization": cell["normalization"],
+            "model.class_weights": cell["class_weights"], "model.seed": seed,
+            "run.data_root": str(data), "run.pipeline_root": str(bench.work / "ablations" / f"seed-{seed}"),
+        }) for cell in cells]
+        progress("ablations", f"seed {seed}: {len(cells)} cells in one pipeline root ...")
+        measure, records = run_pipelines(configs, bench.work, f"ablations-seed{seed}")
+        progress("ablations", f"  {measure.seconds:.1f} s")
+        per_seed.append({"seed": seed, "process_seconds": measure.seconds,
+                         "runs": [{**cell, **_cell_outcome(record, gate_floor)} for cell, record in zip(cells, records)]})
+    return {
+        "seeds": settings.seeds,
+        "gate": {"min_class_recall": gate_floor, **ABLATION_OVERRIDES},
+        "cells": [_aggregate(cell, [seed["runs"][i] for seed in per_seed]) for i, cell in enumerate(cells)],
+        "failure_cell": {**failure_cell(),
+                         "per_seed": [{"seed": seed["seed"], **seed["runs"][cells.index(failure_cell())]}
+                                      for seed in per_seed]},
+        "per_seed": per_seed,
+    }
+
+
+def _cell_outcome(record: dict[str, Any], gate_floor: float) -> dict[str, Any]:
+    evaluation = record["evaluation"]
+    if evaluation is None:
+        return {"error": "the run stopped before the Evaluator (see the ablation log)"}
+    recalls = evaluation["per_class_recall"]
+    weakest = min(recalls, key=lambda name: recalls[name])
+    return {
+        "per_class_recall": recalls,
+        "macro_recall": evaluation["macro_recall"],
+        "majority_prediction_share": evaluation["majority_prediction_share"],
+        "blessed": evaluation["blessed"],
+        "failures": evaluation["failures"],
+        "weakest_class": weakest,
+        "collapsed": recalls[weakest] < gate_floor,  # some class under the gate's floor: the seed's failure
+    }
+
+
+def _aggregate(cell: dict[str, str], runs: list[dict[str, Any]]) -> dict[str, Any]:
+    measured = [run for run in runs if "error" not in run]
+    if not measured:
+        return {**cell, "error": runs[0]["error"]}
+    names = list(measured[0]["per_class_recall"])
+    return {
+        **cell,
+        "seeds_measured": len(measured),
+        "macro_recall": _spread([run["macro_recall"] for run in measured]),
+        "per_class_recall": {name: _spread([run["per_class_recall"][name] for run in measured]) for name in names},
+        "majority_prediction_share": _spread([run["majority_prediction_share"] for run in measured]),
+        "blessed": sum(run["blessed"] for run in measured),
+    }
+
+
+SECTION_FUNCTIONS = {"ingest": ingest, "pipeline": pipeline, "scaling": scaling, "floor": floor,
+                     "ablations": ablations}

@@ -1,0 +1,68 @@
+"""What the bench measures on: data sizes, seeds, config overrides, and the targets the issues set.
+
+The default sample (scenes per span, scene side) is whatever `synth.scenes.generate_sample` writes by
+default, so `make run` and the bench measure the same data.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.config import Config
+from synth.scenes import generate_sample
+
+SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations")  # in the order they run and are reported
+
+_SAMPLE_DEFAULTS = inspect.signature(generate_sample).parameters
+DEFAULT_SCENES = _SAMPLE_DEFAULTS["scenes_per_span"].default
+DEFAULT_SCENE_SIDE = _SAMPLE_DEFAULTS["size"].default
+
+# --quick: the smallest data on which every class still reaches both splits and the data gate passes
+# (checked on synth seed 0): 2 scenes of 96 px, blocks as small as a patch so the split has many of them.
+QUICK_SCENES = 2
+QUICK_SCENE_SIDE = 96
+QUICK_OVERRIDES = {"model.epochs": 1, "ingest.block_size": Config().ingest.patch_size}
+
+# Ablations compare cells on a shared pipeline root per seed (ingestion, statistics and Transform cached);
+# a macro recall drop limit of 1.0 switches off the comparison with the root's last blessed model, which
+# would otherwise make a cell's verdict depend on the cells run before it.
+ABLATION_OVERRIDES = {"gate.max_macro_recall_drop": 1.0}
+
+
+@dataclass(frozen=True)
+class Targets:
+    """Issue 2: ingestion speed; issue 3: fresh and cached run time, data size and per-class recall."""
+
+    ingest_patches_per_core_second: float = 20_000
+    fresh_seconds: float = 120
+    fresh_min_patches: int = 10_000
+    cached_seconds: float = 15
+    class_recall: float = 0.85
+
+
+TARGETS = Targets()
+
+
+@dataclass(frozen=True)
+class Settings:
+    seeds: int
+    multiples: tuple[int, ...]  # data sizes as multiples of the default sample (more scenes per span)
+    quick: bool
+    scenes: int  # scenes per span at 1x
+    scene_side: int
+    overrides: dict[str, Any] = field(default_factory=dict)
+    ingest_repeats: int = 3
+
+    @property
+    def multi_processing_multiple(self) -> int:
+        """DirectRunner multi_processing is compared at the largest size, where parallel workers could pay off."""
+        return max(self.multiples)
+
+
+def make_settings(seeds: int | None, multiples: tuple[int, ...] | None, quick: bool) -> Settings:
+    if quick:
+        return Settings(seeds=seeds or 1, multiples=multiples or (1,), quick=True, scenes=QUICK_SCENES,
+                        scene_side=QUICK_SCENE_SIDE, overrides=QUICK_OVERRIDES, ingest_repeats=1)
+    return Settings(seeds=seeds or 3, multiples=multiples or (1, 4, 16), quick=False, scenes=DEFAULT_SCENES,
+                    scene_side=DEFAULT_SCENE_SIDE)
