@@ -1,10 +1,10 @@
 """The floor: the pipeline's work done by a plain script, to show what the TFX orchestration costs.
 
 It reads the same scenes (the newest span, resolved by TFX's own span logic on the same split pattern),
-samples the same pixels, splits train/eval on the same block hash, z-scores every band and LiDAR channel
-on its training statistics in numpy (after the same per-channel clip/log step as the Transform), trains the
-same CNN with the same epochs, batch size, class weights, seed, shuffling and early stopping, and measures
-argmax recall on the eval split. Left out on purpose: tf.Example encoding, statistics, schema and skew
+samples the same pixels, puts the same blocks in train and eval (SceneExampleGen's own assignment), z-scores
+every band and LiDAR channel on its training statistics in numpy (after the same per-channel clip/log step as
+the Transform), trains the same CNN with the same epochs, batch size, class weights, seed, shuffling and early
+stopping, and measures argmax recall on the eval split. Left out on purpose: tf.Example encoding, statistics, schema and skew
 validation, the SavedModel export and TFMA.
 
     python -m bench.floor --data-root data/sample --set model.epochs=3 --json floor.json
@@ -12,7 +12,6 @@ validation, the SavedModel export and TFMA.
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import sys
 import time
@@ -24,13 +23,13 @@ import numpy as np
 import tensorflow as tf
 import tf_keras
 from tfx.components.example_gen import utils as example_gen_utils
-from tfx.components.example_gen.base_example_gen_executor import _PartitionFn
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
 from components.patches import block_ids, extract_patches, sample_pixels
-from components.scene_example_gen import SceneExampleGen, scene_rng
+from components.scene_example_gen import (SceneExampleGen, SceneExamples, assign_blocks, block_label_counts,
+                                          merge_block_counts, scene_rng)
 from components.scenes import load_scene, scene_dirs
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model
@@ -63,32 +62,31 @@ def scene_folders(config: Config) -> list[Path]:
     return scene_dirs(fileio.glob(str(Path(input_base) / split.pattern)))
 
 
-def split_of_blocks(blocks: list[bytes], config: Config) -> dict[bytes, str]:
-    """Split name of each block id, by the ExampleGen's own partition function and output config."""
+def split_names(block_counts: dict[bytes, np.ndarray], config: Config) -> dict[bytes, str]:
+    """Split name of each block, by SceneExampleGen's own label-stratified assignment and output config."""
     output = proto_utils.json_to_proto(SceneExampleGen(config).exec_properties["output_config"],
                                        example_gen_pb2.Output())
     splits = output.split_config.splits
-    buckets = list(itertools.accumulate(s.hash_buckets for s in splits))
-    names = {}
-    for block in set(blocks):
-        example = tf.train.Example()
-        example.features.feature[output.split_config.partition_feature_name].bytes_list.value.append(block)
-        names[block] = splits[_PartitionFn(example, len(buckets), buckets, output.split_config)].name
-    return names
+    buckets = [split.hash_buckets for split in splits]
+    assignment = assign_blocks(block_counts, [b / sum(buckets) for b in buckets])
+    return {block: splits[index].name for block, index in assignment.items()}
 
 
 def read_patches(config: Config) -> Patches:
     """Same scenes, same sampled pixels (same seed per scene), same patches and blocks as ingestion."""
     index_of = {class_id: i for i, class_id in enumerate(config.class_ids)}
-    values, labels, blocks = [], [], []
+    values, labels, blocks, block_counts = [], [], [], []
     for folder in scene_folders(config):
         rasters = load_scene(folder, config)
         rows, cols = sample_pixels(rasters.labels, config, scene_rng(config, rasters.scene_id))
+        scene = SceneExamples(serialized=[], blocks=block_ids(rasters.scene_id, rows, cols, config.ingest.block_size),
+                              labels=rasters.labels[rows, cols])
         stack = np.concatenate([rasters.multispectral, rasters.lidar])
         values.append(extract_patches(stack, rows, cols, config.ingest.patch_size))
-        labels.append([index_of[int(label)] for label in rasters.labels[rows, cols]])
-        blocks += block_ids(rasters.scene_id, rows, cols, config.ingest.block_size)
-    split_of = split_of_blocks(blocks, config)
+        labels.append([index_of[label] for label in scene.labels.tolist()])
+        blocks += scene.blocks
+        block_counts.append(block_label_counts(scene, config.class_ids))
+    split_of = split_names(merge_block_counts(block_counts), config)
     return Patches(np.concatenate(values), np.concatenate(labels).astype(np.int64),
                    np.array([split_of[block] for block in blocks]))
 

@@ -130,7 +130,7 @@ def ingest(bench: Bench) -> dict[str, Any]:
         folders = [str(folder) for folder in scene_folders(config)]
         progress("ingest", f"scene_examples on {len(folders)} scenes of {side} px, {settings.ingest_repeats} repeats")
         scene_examples(folders[0], config)  # warm-up: first-call costs (GDAL and PROJ set-up) are not throughput
-        full = [_timed(lambda: sum(len(scene_examples(f, config)) for f in folders))
+        full = [_timed(lambda: sum(len(scene_examples(f, config).serialized) for f in folders))
                 for _ in range(settings.ingest_repeats)]
         load = [_timed(lambda: [load_scene(f, config) for f in folders]) for _ in range(settings.ingest_repeats)]
         patches = full[0][0]

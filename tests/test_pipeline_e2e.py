@@ -116,7 +116,7 @@ def test_drifted_span_is_stopped_before_transform(config, first_run, capsys):
     generate_sample(config.run.data_root, Config(), spans=2, scenes_per_span=4, size=112, seed=1, shifted_span=2)
     assert not run_local(config)
     found = states(config)
-    assert found["DataGate"] == "FAILED"
+    assert found["DriftGate"] == "FAILED"
     assert "Transform" not in found and "Trainer" not in found
     out = capsys.readouterr().out
     assert "last blessed model's training data vs this span's training data" in out

@@ -1,0 +1,35 @@
+# The one image every step of the compiled Kubeflow pipeline runs in (kubeflow.image):
+#   docker build -t terrafuse:0.1.0 .
+# The spec's steps call `python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor` and, for the
+# scene ExampleGen's pre-cache check, `python -m tfx.orchestration.kubeflow.v2.file_based_example_gen.driver`;
+# both come with the locked tfx. The project sits at /opt/terrafuse (pipeline.kubeflow.IMAGE_PROJECT_DIR), where
+# the compiled spec expects the curated schema.
+
+# Build stage: five locked packages build from source (kfp, kfp-server-api, google-apitools, pyfarmhash,
+# rouge-score) and need a compiler the runtime image does not.
+FROM python:3.10-slim AS build
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc g++ \
+    && rm -rf /var/lib/apt/lists/*
+# Same installer and flags as the Makefile: uv at a pinned version, the lock file without resolving again.
+ARG UV_VERSION=0.13.9
+RUN python -m venv /opt/venv \
+    && /opt/venv/bin/pip install --quiet --disable-pip-version-check uv==${UV_VERSION}
+COPY requirements.lock /opt/terrafuse/requirements.lock
+RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-deps -r /opt/terrafuse/requirements.lock
+COPY . /opt/terrafuse
+RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-deps --no-build-isolation -e /opt/terrafuse \
+    && /opt/venv/bin/pip uninstall --yes uv
+
+FROM python:3.10-slim
+# tf.Transform and TFMA load models with tf_keras: the switch must be set before TensorFlow is first imported.
+ENV TF_USE_LEGACY_KERAS=1 \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/terrafuse /opt/terrafuse
+# TFX pip-installs the Transform and Trainer user-code wheels into temporary folders at run time: a plain user
+# with a home directory is enough for that.
+RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin terrafuse
+USER terrafuse
+WORKDIR /home/terrafuse

@@ -1,0 +1,110 @@
+"""`python -m bench.run`: measure speed and quality and write results.md, results.json and the plots.
+
+Sections (issue): ingest (2), pipeline (3), scaling, floor and ablations (5). The full run takes about an hour
+on 2 cores and should run on a quiet machine; `--quick` is a few minutes of tiny data, a check of the harness.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from bench.settings import SECTIONS, make_settings
+
+OUT_DIR = Path(__file__).resolve().parent
+
+
+def _multiples(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or min(values) < 1 or list(values) != sorted(set(values)):
+        raise argparse.ArgumentTypeError(f"sizes must be increasing positive integers, got {text!r}")
+    return values
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where results and plots go (default: bench/)")
+    parser.add_argument("--seeds", type=int, help="ablation seeds (default 3; 1 with --quick)")
+    parser.add_argument("--sizes", type=_multiples,
+                        help="data sizes as multiples of the default sample, e.g. 1,4,16 (default; 1 with --quick)")
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny data and one epoch: checks the harness, measures nothing worth reporting")
+    parser.add_argument("--only", action="append", choices=SECTIONS,
+                        help="run only this section (repeatable); sections reuse each other's runs when both run")
+    parser.add_argument("--work-dir", type=Path,
+                        help="sample data, pipeline roots and logs (default: a new temporary folder, removed at the "
+                             "end unless a section failed)")
+    parser.add_argument("--keep-work", action="store_true", help="keep the work folder")
+    return parser
+
+
+def json_ready(value: Any) -> Any:
+    """NaN and infinities become null: results.json stays strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    return value
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from bench import report
+    from bench.measure import command, machine
+    from bench.sections import SECTION_FUNCTIONS, Bench
+
+    settings = make_settings(args.seeds, args.sizes, args.quick)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="terrafuse-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    print(f"bench: work folder {work}", flush=True)
+    started = time.perf_counter()
+    selected = [name for name in SECTIONS if not args.only or name in args.only]
+    results: dict[str, Any] = {"command": command(argv), "machine": machine(), "quick": settings.quick,
+                               "settings": dataclasses.asdict(settings), "sections_run": selected}
+    bench = Bench(settings, work)
+    failed = []
+    for name in selected:
+        try:
+            results[name] = SECTION_FUNCTIONS[name](bench)
+        except Exception as err:  # the other sections still run and report; this one says why it is empty
+            traceback.print_exc()
+            results[name] = {"error": f"{type(err).__name__}: {err}"}
+            failed.append(name)
+    results["bench_seconds"] = time.perf_counter() - started
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["targets"] = report.targets(results)
+    (args.out_dir / "results.json").write_text(json.dumps(json_ready(results), indent=2, allow_nan=False) + "\n")
+    (args.out_dir / "results.md").write_text(report.render(results))
+    plots = report.plot(results, args.out_dir)
+    print(f"bench: wrote {args.out_dir / 'results.md'}, results.json and {len(plots)} plots "
+          f"in {results['bench_seconds']:.0f} s", flush=True)
+    for row in results["targets"]:
+        print(f"  {'PASS' if row['passed'] else 'FAIL'}  {row['target']}: {row['measured']}")
+    if failed:
+        print(f"bench: sections failed: {', '.join(failed)}; work folder kept: {work}", file=sys.stderr)
+        return 1
+    if not (args.keep_work or args.work_dir):
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

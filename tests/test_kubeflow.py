@@ -1,0 +1,343 @@
+"""Kubeflow: the compiled spec, the image it names, the kfp client calls (against tests/fake_kfp_server.py), and
+one run of the compiled spec by tests/kfp_launcher.py on tiny scenes (slow)."""
+import argparse
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import tensorflow as tf
+import yaml
+
+from components.atomic_pusher import model_versions
+from pipeline import cli, kubeflow
+from pipeline.config import Config, ConfigError
+from synth.scenes import generate_sample
+from tests.fake_kfp_server import FakeKfpServer
+from tests.kfp_launcher import CACHED, EXECUTED, RESOLVED, Launcher
+
+RUN_EXECUTOR = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
+EXAMPLE_GEN_DRIVER = "tfx.orchestration.kubeflow.v2.file_based_example_gen.driver"
+SERVING_VOLUME = "/mnt/models/terrafuse"  # a path only the cluster mounts
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kubeflow")
+    scene = root / "data" / "span-0001" / "scene-000"
+    scene.mkdir(parents=True)
+    (scene / "multispectral.tif").write_bytes(b"")
+    config = Config().replace({
+        "kubeflow.pipeline_root": str(root / "cluster"), "kubeflow.data_root": str(root / "data"),
+        "kubeflow.serving_dir": SERVING_VOLUME, "kubeflow.spec_file": str(root / "terrafuse.yaml"),
+    })
+    kubeflow.compile_pipeline(config)
+    return config
+
+
+@pytest.fixture(scope="module")
+def spec(config):
+    return yaml.safe_load(Path(config.kubeflow.spec_file).read_text())
+
+
+@pytest.fixture
+def server():
+    with FakeKfpServer() as fake:
+        yield fake
+
+
+def task_parameter(spec, task, name):
+    return spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"][name]["runtimeValue"]["constant"]
+
+
+def containers(spec):
+    return {label: executor["container"] for label, executor in spec["deploymentSpec"]["executors"].items()
+            if "container" in executor}
+
+
+def with_spec(config, tmp_path, change):
+    """config pointing at a copy of its compiled spec with `change(spec)` applied."""
+    spec = yaml.safe_load(Path(config.kubeflow.spec_file).read_text())
+    change(spec)
+    path = tmp_path / "changed.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return config.replace({"kubeflow.spec_file": str(path)})
+
+
+def closed_port_url():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{probe.getsockname()[1]}"
+
+
+# The compiled spec
+
+def test_spec_is_a_pipeline_spec_2_1_yaml_for_the_one_configured_image(config, spec):
+    assert spec["schemaVersion"] == "2.1.0"
+    assert spec["pipelineInfo"]["name"] == config.run.pipeline_name
+    assert kubeflow.spec_images(spec) == {config.kubeflow.image}
+    for container in containers(spec).values():
+        assert container["command"] == ["python", "-m", RUN_EXECUTOR]
+    (example_gen,) = [c for c in containers(spec).values() if "lifecycle" in c]
+    assert example_gen["lifecycle"]["preCacheCheck"]["command"] == ["python", "-m", EXAMPLE_GEN_DRIVER]
+
+
+def test_cluster_paths_are_baked_in_and_the_wheels_are_under_the_pipeline_root(config, spec):
+    paths = kubeflow.cluster_paths(config)
+    assert task_parameter(spec, "SceneExampleGen", "input_base") == paths.data_root
+    assert json.loads(task_parameter(spec, "Pusher", "push_destination")) == {
+        "filesystem": {"base_directory": SERVING_VOLUME}}
+    for task in ("Transform", "Trainer"):
+        module, wheel = task_parameter(spec, task, "module_path").split("@")
+        assert wheel.startswith(os.path.join(paths.pipeline_root, "_wheels") + "/") and Path(wheel).is_file()
+
+
+def test_curated_schema_points_into_the_image_and_no_path_of_this_checkout_is_left(spec):
+    assert task_parameter(spec, "ImportSchemaGen", "schema_file") == f"{kubeflow.IMAGE_PROJECT_DIR}/schemas/schema.pbtxt"
+    assert str(kubeflow.PROJECT_DIR) not in json.dumps(spec)
+
+
+def test_the_blessed_model_resolver_feeds_the_gate_and_the_evaluator(spec):
+    tasks = spec["root"]["dag"]["tasks"]
+    resolvers = {name: spec["deploymentSpec"]["executors"][spec["components"][name]["executorLabel"]]["resolver"]
+                 for name in tasks if "resolver" in name}
+    blessing_filter = resolvers["latest_blessed_model-model-blessing-resolver"]["outputArtifactQueries"]
+    assert "metadata.blessed.number_value=1" in blessing_filter["model_blessing"]["filter"]
+    for consumer in ("DataGate", "Evaluator"):
+        source = tasks[consumer]["inputs"]["artifacts"]["baseline_model"]["taskOutputArtifact"]
+        assert source["producerTask"] == "latest_blessed_model-model-resolver"
+    assert all(task["cachingOptions"]["enableCache"] for name, task in tasks.items() if name not in resolvers)
+
+
+def test_every_entry_module_and_executor_class_of_the_spec_imports_outside_the_checkout(spec, tmp_path):
+    modules = set()
+    classes = set()
+    for container in containers(spec).values():
+        for entry in (container, container.get("lifecycle", {}).get("preCacheCheck")):
+            if entry:
+                modules.add(entry["command"][entry["command"].index("-m") + 1])
+        classes.add(container["args"][container["args"].index("--executor_class_path") + 1])
+    assert len(classes) == 10
+    check = textwrap.dedent(f"""
+        import importlib
+        for module in {sorted(modules)!r}:
+            importlib.import_module(module)
+        for path in {sorted(classes)!r}:
+            module, _, name = path.rpartition(".")
+            assert isinstance(getattr(importlib.import_module(module), name), type), path
+    """)
+    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "PYTHONPATH": ""}
+    subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, check=True)
+
+
+def test_spec_file_must_be_yaml_and_cluster_paths_must_mean_something_in_a_container(config):
+    with pytest.raises(ConfigError, match="must end in .yaml"):
+        kubeflow.compile_pipeline(config.replace({"kubeflow.spec_file": "outputs/kubeflow/terrafuse.json"}))
+    with pytest.raises(ConfigError, match="kubeflow.pipeline_root .* 'outputs'"):
+        kubeflow.cluster_paths(config.replace({"kubeflow.pipeline_root": "", "run.pipeline_root": "outputs"}))
+    with pytest.raises(ConfigError, match="serving_dir .*POSIX"):
+        kubeflow.cluster_paths(config.replace({"kubeflow.pipeline_root": "gs://bucket/tf", "kubeflow.serving_dir": ""}))
+    paths = kubeflow.cluster_paths(config.replace({"kubeflow.pipeline_root": "", "run.pipeline_root": "/srv/tf",
+                                                   "kubeflow.serving_dir": ""}))
+    assert (paths.pipeline_root, paths.serving_dir) == ("/srv/tf", "/srv/tf/serving")
+
+
+def test_a_schema_outside_the_project_is_refused(config, tmp_path):
+    schema = tmp_path / "schema.pbtxt"
+    schema.write_text((kubeflow.PROJECT_DIR / "schemas" / "schema.pbtxt").read_text())
+    with pytest.raises(ConfigError, match="outside the project"):
+        kubeflow.compile_pipeline(config.replace({"run.schema_file": str(schema),
+                                                  "kubeflow.spec_file": str(tmp_path / "spec.yaml")}))
+
+
+# The image
+
+def dockerfile_instructions():
+    text = (kubeflow.PROJECT_DIR / "Dockerfile").read_text()
+    lines = re.sub(r"\\\n\s*", " ", text).splitlines()
+    return [line.split(None, 1) for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def test_dockerfile_installs_the_lock_and_the_project_like_the_makefile_and_runs_as_a_user():
+    instructions = dockerfile_instructions()
+    runs = [args for keyword, args in instructions if keyword == "RUN"]
+    bases = [args.split()[0] for keyword, args in instructions if keyword == "FROM"]
+    assert set(bases) == {"python:3.10-slim"}
+    makefile_uv = re.search(r"^UV_VERSION := (\S+)$", (kubeflow.PROJECT_DIR / "Makefile").read_text(), re.M)[1]
+    assert ["ARG", f"UV_VERSION={makefile_uv}"] in instructions
+    assert any("uv pip install" in run and "--no-deps -r" in run and "requirements.lock" in run for run in runs)
+    assert any("uv pip install" in run and "--no-deps" in run and run.rstrip().split("&&")[0].rstrip()
+               .endswith(kubeflow.IMAGE_PROJECT_DIR) for run in runs)
+    assert ["COPY", f". {kubeflow.IMAGE_PROJECT_DIR}"] in instructions
+    envs = " ".join(args for keyword, args in instructions if keyword == "ENV")
+    assert "TF_USE_LEGACY_KERAS=1" in envs.split()
+    users = [args.strip() for keyword, args in instructions if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    ignored = (kubeflow.PROJECT_DIR / ".dockerignore").read_text().split()
+    assert {".venv", "outputs", "data"} <= set(ignored) and "schemas" not in ignored
+
+
+# Checks made before anything is sent
+
+def test_malformed_crons_are_refused_with_what_a_kfp_cron_is():
+    assert kubeflow.validate_cron("0 0 3 * * *") == "0 0 3 * * *"
+    assert kubeflow.validate_cron("0 */15 8-18 ? JAN-MAR MON-FRI") == "0 */15 8-18 ? JAN-MAR MON-FRI"
+    for bad, reason in [("0 3 * * *", "5 fields .*prepend '0 '"), ("0 0 24 * * *", "hour field '24'"),
+                        ("0 0 3 * * 7", "day of week"), ("0 0 3 ? * *", None), ("0 0/0 3 * * *", "step"),
+                        ("0 0 5-3 * * *", "backwards"), ("? 0 3 * * *", "only fits the day")]:
+        if reason is None:
+            assert kubeflow.validate_cron(bad)
+            continue
+        with pytest.raises(ConfigError, match=reason) as raised:
+            kubeflow.validate_cron(bad)
+        assert "six fields, seconds first" in str(raised.value)
+
+
+def test_nothing_is_sent_for_a_bad_cron_another_image_or_a_data_root_without_spans(config, server, tmp_path):
+    with pytest.raises(ConfigError, match="six fields"):
+        kubeflow.schedule(config, server.url, cron="0 3 * * *")
+    with pytest.raises(kubeflow.KubeflowError, match="compiled for image terrafuse:0.1.0 but kubeflow.image is "
+                                                     "registry.example.com/terrafuse:0.2.0"):
+        kubeflow.submit(config.replace({"kubeflow.image": "registry.example.com/terrafuse:0.2.0"}), server.url)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_spans = with_spec(config, tmp_path, lambda spec: spec["root"]["dag"]["tasks"]["SceneExampleGen"]["inputs"]
+                         ["parameters"]["input_base"]["runtimeValue"].update(constant=str(empty)))
+    with pytest.raises(kubeflow.KubeflowError, match=f"no span .*{empty}/span-\\*/\\*/\\*"):
+        kubeflow.schedule(no_spans, server.url)
+    assert server.requests == []
+
+
+def test_the_span_check_reads_uris_through_tf_io_gfile(config, spec):
+    data_root = "ram://terrafuse-test/data"
+    spec = json.loads(json.dumps(spec))
+    spec["root"]["dag"]["tasks"]["SceneExampleGen"]["inputs"]["parameters"]["input_base"]["runtimeValue"][
+        "constant"] = data_root
+    with pytest.raises(kubeflow.KubeflowError, match="no span"):
+        kubeflow.check_spec(config, spec)
+    with tf.io.gfile.GFile(f"{data_root}/span-0003/scene-000/multispectral.tif", "wb") as f:
+        f.write(b"")
+    kubeflow.check_spec(config, spec)
+
+
+def test_an_unreachable_host_is_named_at_once(config):
+    host = closed_port_url()
+    with pytest.raises(kubeflow.KubeflowError, match=f"cannot reach Kubeflow Pipelines at {host}"):
+        kubeflow.submit(config, host)
+    with pytest.raises(kubeflow.KubeflowError, match="no Kubeflow Pipelines host"):
+        kubeflow.submit(config.replace({"kubeflow.host": ""}))
+
+
+# The kfp client against the fake server
+
+def test_submit_sends_the_compiled_spec_with_the_pipeline_root_into_a_new_experiment(config, spec, server):
+    run_id = kubeflow.submit(config, server.url, client_options={"existing_token": "token-123"})
+    assert [(r.method, r.path) for r in server.requests] == [
+        ("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/experiments"),
+        ("POST", "/apis/v2beta1/experiments"), ("POST", "/apis/v2beta1/runs")]
+    (created,) = server.calls("POST", "/runs")
+    (experiment,) = server.experiments.values()
+    assert experiment["display_name"] == config.kubeflow.experiment
+    assert created.body["experiment_id"] == experiment["experiment_id"]
+    assert created.body["pipeline_spec"] == spec
+    assert created.body["runtime_config"]["pipeline_root"] == config.kubeflow.pipeline_root
+    assert created.headers["Authorization"] == "Bearer token-123"
+    assert "token-123" not in json.dumps(created.body)
+    assert run_id
+
+
+def test_schedule_sends_a_cron_trigger_one_at_a_time_without_catch_up(config, spec, server):
+    first = kubeflow.schedule(config, server.url, cron="0 30 2 * * *")
+    second = kubeflow.schedule(config, server.url)
+    assert len(server.calls("POST", "/experiments")) == 1  # the experiment is made once, then found
+    bodies = [r.body for r in server.calls("POST", "/recurringruns")]
+    assert [b["trigger"] for b in bodies] == [{"cron_schedule": {"cron": "0 30 2 * * *"}},
+                                             {"cron_schedule": {"cron": config.kubeflow.cron}}]
+    for body in bodies:
+        assert (body["max_concurrency"], body["no_catchup"], body["mode"]) == (1, True, "ENABLE")
+        assert body["pipeline_spec"] == spec
+        assert body["runtime_config"]["pipeline_root"] == config.kubeflow.pipeline_root
+    assert [s.recurring_run_id for s in kubeflow.list_schedules(config, server.url)] == [first, second]
+    kubeflow.disable_schedule(config, server.url, first)
+    assert server.calls("POST", f"/recurringruns/{first}:disable")
+    assert {s.recurring_run_id: s.enabled for s in kubeflow.list_schedules(config, server.url)} == {
+        first: False, second: True}
+
+
+def test_server_errors_surface_with_status_and_the_servers_message(config, server):
+    server.fail("POST", "/runs", 500, "failed to compile the workflow: resolver executor not implemented")
+    with pytest.raises(kubeflow.KubeflowError, match="refused starting the run: HTTP 500 Internal Server Error: "
+                                                     "failed to compile the workflow: resolver executor"):
+        kubeflow.submit(config, server.url)
+    server.fail("POST", "/recurringruns", 400, "Invalid input error: the cron is not valid")
+    with pytest.raises(kubeflow.KubeflowError, match="HTTP 400 Bad Request: Invalid input error: the cron"):
+        kubeflow.schedule(config, server.url)
+    with pytest.raises(kubeflow.KubeflowError, match="HTTP 404 .*recurring run nope not found"):
+        kubeflow.disable_schedule(config, server.url, "nope")
+
+
+def test_cli_schedules_lists_and_disables(config, server, tmp_path, capsys):
+    config_file = tmp_path / "kubeflow.yaml"
+    config_file.write_text(yaml.safe_dump({"kubeflow": config.to_dict()["kubeflow"]}))
+    parser = argparse.ArgumentParser()
+    kubeflow.register_cli(parser.add_subparsers(dest="command", required=True), cli._config_arguments, cli._config)
+
+    def terrafuse(*argv):
+        args = parser.parse_args(["kubeflow", *argv, "--config", str(config_file)])
+        return args.func(args)
+
+    assert terrafuse("schedule", "--host", server.url, "--cron", "0 0 4 * * *") == 0
+    (recurring_run_id,) = server.recurring_runs
+    assert terrafuse("schedule", "--host", server.url, "--list") == 0
+    assert terrafuse("schedule", "--host", server.url, "--disable", recurring_run_id) == 0
+    out = capsys.readouterr().out
+    assert f"{recurring_run_id}  enabled   0 0 4 * * *" in out and f"{recurring_run_id} disabled" in out
+    assert terrafuse("submit", "--host", closed_port_url()) == 2
+    assert "error: cannot reach Kubeflow Pipelines" in capsys.readouterr().err
+
+
+# The compiled spec, executed
+
+@pytest.fixture(scope="module")
+def launched(tmp_path_factory):
+    root = tmp_path_factory.mktemp("launched")
+    generate_sample(root / "data", Config(), spans=1, scenes_per_span=3, size=96, seed=1)
+    config = Config().replace({
+        "ingest.block_size": 16, "model.epochs": 3,
+        "run.data_root": str(root / "data"), "run.pipeline_root": str(root / "pipeline"),
+        "kubeflow.spec_file": str(root / "terrafuse.yaml"),
+    })
+    spec_file = kubeflow.compile_pipeline(config, project_dir_in_image=str(kubeflow.PROJECT_DIR))
+    launcher = Launcher(spec_file, config.run.pipeline_root)
+    return config, launcher, launcher.run()
+
+
+@pytest.mark.slow
+def test_the_compiled_spec_runs_blesses_and_pushes(launched):
+    config, _, result = launched
+    assert result.ok, result.tasks[result.failed_task].log[-4000:]
+    print(f"\nlauncher run: {result.seconds:.0f} s")
+    assert set(result.states().values()) == {EXECUTED, RESOLVED}
+    assert result.outputs["latest_blessed_model-model-resolver"]["model"] == []  # first run: nothing blessed yet
+    (examples,) = result.outputs["SceneExampleGen"]["examples"]
+    assert examples["metadata"]["span"] == 1 and json.loads(examples["metadata"]["split_names"]) == ["train", "eval"]
+    (blessing,) = result.outputs["Evaluator"]["blessing"]
+    assert blessing["metadata"]["blessed"] == 1
+    assert len(model_versions(config.serving_dir)) == 1
+
+
+@pytest.mark.slow
+def test_a_run_without_a_new_span_trains_nothing(launched):
+    config, launcher, first = launched
+    assert first.ok
+    again = launcher.run()
+    print(f"\nlauncher rerun: {again.seconds:.0f} s, {again.states()}")
+    assert again.ok
+    for task in ("SceneExampleGen", "StatisticsGen", "Transform", "Trainer", "Evaluator", "Pusher"):
+        assert again.states()[task] == CACHED, again.states()
+    assert len(model_versions(config.serving_dir)) == 1
