@@ -111,11 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # TFX and Beam parse sys.argv with absl flags: ours (e.g. -v) must not reach them.
+    sys.argv = sys.argv[:1]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbose else "3")
     # google-api-core warns on every import that Python 3.10 is old; TFX 1.16 installs on 3.10 only.
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
     except ConfigError as err:
