@@ -1,9 +1,14 @@
-# The one image every step of the compiled Kubeflow pipeline runs in (kubeflow.image):
+# The one image every step of the compiled Kubeflow pipeline runs in (kubeflow.image), and the Beam worker image
+# when a data step runs on Dataflow, Flink or Spark (--sdk_container_image):
 #   docker build -t terrafuse:0.1.0 .
 # The spec's steps call `python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor` and, for the
 # scene ExampleGen's pre-cache check, `python -m tfx.orchestration.kubeflow.v2.file_based_example_gen.driver`;
 # both come with the locked tfx. The project sits at /opt/terrafuse (pipeline.kubeflow.IMAGE_PROJECT_DIR), where
 # the compiled spec expects the curated schema.
+
+# Beam's worker boot program, from the SDK image of the locked apache-beam version.
+ARG BEAM_VERSION=2.74.0
+FROM apache/beam_python3.10_sdk:${BEAM_VERSION} AS beam
 
 # Build stage: five locked packages build from source (kfp, kfp-server-api, google-apitools, pyfarmhash,
 # rouge-score) and need a compiler the runtime image does not.
@@ -28,8 +33,11 @@ ENV TF_USE_LEGACY_KERAS=1 \
     PYTHONUNBUFFERED=1
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/terrafuse /opt/terrafuse
+COPY --from=beam /opt/apache/beam /opt/apache/beam
 # TFX pip-installs the Transform and Trainer user-code wheels into temporary folders at run time: a plain user
 # with a home directory is enough for that.
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin terrafuse
 USER terrafuse
 WORKDIR /home/terrafuse
+# Beam workers start here; Kubeflow steps name their own command, which replaces the entrypoint.
+ENTRYPOINT ["/opt/apache/beam/boot"]

@@ -4,8 +4,8 @@ It reads the same scenes (the newest span, resolved by TFX's own span logic on t
 samples the same pixels, puts the same blocks in train and eval (SceneExampleGen's own assignment), z-scores
 every band and LiDAR channel on its training statistics in numpy (after the same per-channel clip/log step as
 the Transform), trains the same CNN with the same epochs, batch size, class weights, seed, shuffling and early
-stopping, and measures argmax recall on the eval split. Left out on purpose: tf.Example encoding, statistics, schema and skew
-validation, the SavedModel export and TFMA.
+stopping, and measures argmax recall on the eval split. Left out on purpose: tf.Example encoding, statistics,
+schema and skew validation, the SavedModel export and TFMA.
 
     python -m bench.floor --data-root data/sample --set model.epochs=3 --json floor.json
 """
@@ -187,8 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     result = run_floor(load_config(args.config, overrides))
     seconds = ", ".join(f"{stage} {value:.1f} s" for stage, value in result["seconds"].items())
     print(f"floor: {result['examples']} examples, {result['epochs_run']} epochs; {seconds}")
-    print("eval argmax recall: " + ", ".join(f"{name} {value:.3f}" for name, value in result["per_class_recall"].items())
-          + f"; macro {result['macro_recall']:.3f}")
+    recalls = ", ".join(f"{name} {value:.3f}" for name, value in result["per_class_recall"].items())
+    print(f"eval argmax recall: {recalls}; macro {result['macro_recall']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

@@ -80,14 +80,16 @@ def run_measured(args: list[str], log_path: Path) -> ProcessMeasure:
     return ProcessMeasure(seconds, peak / 2**20, returncode)
 
 
-def run_pipelines(configs: list[Config], work: Path, name: str) -> tuple[ProcessMeasure, list[dict[str, Any]]]:
-    """The configs run one after another in one fresh worker process; each run's record (bench/worker.py)."""
+def run_pipelines(configs: list[Config], work: Path, name: str,
+                  record: bool) -> tuple[ProcessMeasure, list[dict[str, Any]]]:
+    """The configs run one after another in one fresh worker process (bench/worker.py); per run its result,
+    with its record from ML Metadata if `record`."""
     job, out = work / "jobs" / f"{name}.json", work / "jobs" / f"{name}.result.json"
     job.parent.mkdir(parents=True, exist_ok=True)
     job.write_text(json.dumps([config.to_dict() for config in configs]))
     out.unlink(missing_ok=True)
     log = work / "logs" / f"{name}.log"
-    measure = run_measured(["-m", "bench.worker", str(job), str(out)], log)
+    measure = run_measured(["-m", "bench.worker", str(job), str(out)] + (["--record"] if record else []), log)
     records = json.loads(out.read_text()) if out.exists() else []
     if measure.returncode != 0 or len(records) != len(configs):
         raise BenchError(f"{name}: worker exited {measure.returncode} after {len(records)} of {len(configs)} runs; "

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from bench.settings import TARGETS  # noqa: E402
 
+MIN_SEGMENT_SECONDS = 0.5  # components below this in every bar of components.png are drawn together
+SMALL_SECONDS = 0.1  # components below this in both runs share one line of "Where the time goes"
 ISSUE_OF = {"ingest": 2, "pipeline": 3, "ablations": 5, "scaling": 5, "floor": 5}
 
 
@@ -36,6 +38,11 @@ def _pass(passed: bool) -> str:
     return "PASS" if passed else "FAIL"
 
 
+def weakest(recalls: dict[str, float]) -> str:
+    """The class with the lowest recall; a class without eval examples (NaN) counts as the lowest."""
+    return min(recalls, key=lambda name: -math.inf if math.isnan(recalls[name]) else recalls[name])
+
+
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target of the issues that the sections run could measure, with pass/fail (reported, never asserted)."""
     rows = []
@@ -58,15 +65,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "measured": f"{_s(cached['process_seconds'])} s",
                      "passed": cached["process_seconds"] < TARGETS.cached_seconds})
         recalls = fresh["evaluation"]["per_class_recall"] if fresh["evaluation"] else {}
-        weakest = min(recalls, key=lambda name: recalls[name]) if recalls else None
+        lowest = weakest(recalls) if recalls else None
         rows.append({"issue": 3, "target": f"every class's eval argmax recall >= {TARGETS.class_recall}",
-                     "measured": f"lowest: {weakest} {_r(recalls[weakest])}" if weakest else "no evaluation",
+                     "measured": f"lowest: {lowest} {_r(recalls[lowest])}" if lowest else "no evaluation",
                      "passed": bool(recalls) and all(r >= TARGETS.class_recall for r in recalls.values())})
     return rows
 
 
 def _machine_lines(results: dict[str, Any]) -> list[str]:
     m = results["machine"]
+    done = [name for name in results["sections_run"] if name in results]
+    pending = [name for name in results["sections_run"] if name not in results]
     packages = ", ".join(f"{name} {version}" for name, version in m["packages"].items())
     return [
         f"- Command (from the repository root): `{results['command']}`",
@@ -77,7 +86,8 @@ def _machine_lines(results: dict[str, Any]) -> list[str]:
         f"- Load average (1, 5, 15 min) at start {m['load_average_at_start']}, at end "
         f"{results['load_average_at_end']}: times are only comparable on a quiet machine",
         f"- Code: git commit {m['git_commit']}, {m['git_modified_tracked_files']} tracked files modified",
-        f"- Sections run: {', '.join(results['sections_run'])}",
+        f"- Sections measured: {', '.join(done) or 'none yet'}"
+        + (f"; still to run: {', '.join(pending)}" if pending else ""),
     ]
 
 
@@ -111,8 +121,8 @@ _TITLES = {"ingest": "Ingestion throughput", "pipeline": "Pipeline on the defaul
 def _ingest(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
     lines = [
         "`components.scene_example_gen.scene_examples` (read and align every stream, sample labelled pixels, cut "
-        "patches, serialize tf.Examples) over every scene, single process, after one warm-up scene; median of "
-        f"{data['repeats']} passes. *Per core* divides by the process's CPU seconds (all its threads: the LAZ "
+        "patches, serialize tf.Examples) over every scene, single process, after one warm-up scene; the median of "
+        f"{data['repeats']} timed pass(es). *Per core* divides by the process's CPU seconds (all its threads: the LAZ "
         "decoder may use more than one core), *wall* by elapsed seconds. *load_scene share*: the part of the wall "
         "time spent in `load_scene` alone (reading and aligning, before sampling and encoding).",
         "",
@@ -146,7 +156,7 @@ def _component_rows(runs: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _run_rows(runs: dict[str, dict[str, Any]]) -> list[str]:
-    lines = ["| | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
+    lines = ["| measure | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     for label, key, fmt in (("process wall s (start to exit)", "process_seconds", _s),
                             ("pipeline s (run_local)", "pipeline_seconds", _s),
                             ("peak memory MiB (process tree)", "peak_rss_mib", _n)):
@@ -172,7 +182,7 @@ def _pipeline(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
         lines.append(f"Patches: {_n(p['total'])} ({_n(p['train'])} train, {_n(p['eval'])} eval).")
     if fresh["trainer"]:
         t = fresh["trainer"]
-        lines.append(f"Trainer: {_n(t['train_examples'])} training examples x {t['epochs_run']} epochs run "
+        lines.append(f"Trainer: {_n(t['train_examples'])} training examples x {t['epochs_run']} epoch(s) run "
                      f"(training record) in {_s(t['seconds'])} s of Trainer = {_n(t['examples_per_second'])} "
                      "examples/s (the component's whole time: set-up, tracing, per-epoch eval and export included).")
     evaluation = fresh["evaluation"]
@@ -221,7 +231,8 @@ def _ablations(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
             continue
         lines.append(f"{head} {_spread(cell['macro_recall'])} | "
                      + " | ".join(_spread(cell["per_class_recall"][name]) for name in names)
-                     + f" | {_spread(cell['majority_prediction_share'])} | {cell['blessed']}/{cell['seeds_measured']} |")
+                     + f" | {_spread(cell['majority_prediction_share'])} "
+                     f"| {cell['blessed']}/{cell['seeds_measured']} |")
     failure = data["failure_cell"]
     lines += [
         "",
@@ -236,8 +247,8 @@ def _ablations(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
         if "error" in run:
             lines.append(f"| {run['seed']} | {run['error']} | | | | | |")
             continue
-        weakest = run["weakest_class"]
-        lines.append(f"| {run['seed']} | {_r(run['macro_recall'])} | {weakest} {_r(run['per_class_recall'][weakest])} "
+        lowest = run["weakest_class"]
+        lines.append(f"| {run['seed']} | {_r(run['macro_recall'])} | {lowest} {_r(run['per_class_recall'][lowest])} "
                      f"| {_r(run['majority_prediction_share'])} | {'yes' if run['collapsed'] else 'no'} "
                      f"| {'no' if run['blessed'] else 'yes'} | {'; '.join(run['failures']) or 'none'} |")
     return lines + ["", "![ablations](ablations.png)", ""]
@@ -246,19 +257,20 @@ def _ablations(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
 def _scaling(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
     runs = data["runs"]
     lines = [
-        "The default sample times 1, 4, 16 ... (more scenes per span, same side), each in a new pipeline root: "
-        "a fresh run and an immediate cached rerun, each in a fresh process.",
+        f"The default sample times {', '.join(str(run['multiple']) for run in runs)} (more scenes per span, same "
+        "side), each in a new pipeline root: a fresh run and an immediate rerun, each in a fresh process.",
         "",
-        "| data | scenes | patches | fresh process s | fresh pipeline s | cached process s | peak MiB (fresh) "
-        "| fresh process s per 1,000 patches |",
-        "|---|---|---|---|---|---|---|---|",
+        "| data | scenes | patches | fresh process s | fresh pipeline s | cached process s | peak MiB fresh "
+        "| peak MiB cached | fresh process s per 1,000 patches |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         fresh, cached = run["fresh"], run["cached"]
         patches = fresh["patches"]["total"]
         lines.append(f"| {run['multiple']}x | {run['scenes']} | {_n(patches)} | {_s(fresh['process_seconds'])} "
                      f"| {_s(fresh['pipeline_seconds'])} | {_s(cached['process_seconds'])} "
-                     f"| {_n(fresh['peak_rss_mib'])} | {1000 * fresh['process_seconds'] / patches:.2f} |")
+                     f"| {_n(fresh['peak_rss_mib'])} | {_n(cached['peak_rss_mib'])} "
+                     f"| {1000 * fresh['process_seconds'] / patches:.2f} |")
     if data["marginal"]:
         lines += ["", "Marginal cost of added data (difference of fresh runs between consecutive sizes):", "",
                   "| from | to | process s per 1,000 patches | pipeline s per 1,000 patches |", "|---|---|---|---|"]
@@ -286,7 +298,9 @@ def _floor(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
         "`python -m bench.floor` in a fresh process on the same data and config: the same scenes, pixels, blocks, "
         "per-channel z-scores (numpy), model, epochs, batch, class weights, seed and early stopping; no tf.Example "
         "encoding, statistics, validation, export or TFMA. *Work* excludes imports (the pipeline's `run_local` "
-        "against the floor's stages); *process* is start to exit for both.",
+        "against the floor's stages); *process* is start to exit for both. The floor's process time is mostly "
+        "imports: TensorFlow, and TFX and tf.Transform for the helpers it shares with the pipeline (span "
+        "resolution, block assignment, the Trainer's recall callback), which a standalone script would not load.",
         "",
         "| data | patches | read s | normalise s | train s | evaluate s | floor work s | floor process s "
         "| pipeline s | pipeline process s | pipeline / floor (work) | pipeline / floor (process) "
@@ -313,32 +327,42 @@ def _where_time_goes(results: dict[str, Any]) -> list[str]:
     costs = results.get("scaling", {}).get("component_costs", {})
     lines = ["## Where the time goes", "",
              f"Fresh run on the default sample: {_s(fresh['process_seconds'])} s of process, of which "
-             f"{_s(fresh['process_seconds'] - fresh['pipeline_seconds'])} s before and after `run_local` (Python "
-             "start-up, TensorFlow/TFX imports, the bench worker's own reading of ML Metadata).", ""]
+             f"{_s(fresh['process_seconds'] - fresh['pipeline_seconds'])} s outside `run_local` (Python start-up, "
+             "TensorFlow/TFX imports, exit) and "
+             f"{_s(fresh['pipeline_seconds'] - sum(c['seconds'] for c in fresh['components'].values()))} s inside "
+             "it but outside any component (compiling the DAG, ML Metadata, drivers). The cached rerun: "
+             f"{_s(cached['process_seconds'])} s of process, {_s(cached['pipeline_seconds'])} s of `run_local`.",
+             ""]
+    small = []
     for node, component in sorted(fresh["components"].items(), key=lambda item: -item[1]["seconds"]):
+        rerun = cached["components"].get(node, {"state": "not run", "seconds": 0.0})
+        if max(component["seconds"], rerun["seconds"]) < SMALL_SECONDS and node not in costs:
+            small.append(node)
+            continue
         line = (f"- **{node}**: {_s(component['seconds'])} s fresh "
-                f"({100 * component['seconds'] / fresh['pipeline_seconds']:.0f} % of `run_local`)")
-        rerun = cached["components"].get(node)
-        if rerun:
-            line += f", {_s(rerun['seconds'])} s on the rerun ({rerun['state'].lower()})"
+                f"({100 * component['seconds'] / fresh['pipeline_seconds']:.0f} % of `run_local`); on the rerun "
+                f"{_s(rerun['seconds'])} s, {rerun['state'].lower()}")
+        if rerun["state"] != "CACHED":
+            line += " (executed again, not served from the cache)"
         if node in costs:
             line += (f"; across sizes about {_s(costs[node]['fixed_seconds'])} s fixed + "
                      f"{costs[node]['seconds_per_1000_patches']:.2f} s per 1,000 patches")
-        line += _component_note(node, results)
-        lines.append(line + ".")
+        lines.append(line + _component_note(node, results) + ".")
+    if small:
+        lines.append(f"- Under {SMALL_SECONDS} s each, fresh and on the rerun: {', '.join(small)}.")
     return lines + [""]
 
 
 def _component_note(node: str, results: dict[str, Any]) -> str:
     """What else the bench measured that explains this component's time."""
     fresh = results["pipeline"]["fresh"]
-    if node == "SceneExampleGen" and "ingest" in results and "error" not in results["ingest"]:
+    if node == "SceneExampleGen" and fresh["patches"] and "ingest" in results and "error" not in results["ingest"]:
         rate = results["ingest"]["sets"][0]["patches_per_second"]
         return (f"; `scene_examples` alone would take {_s(fresh['patches']['total'] / rate)} s for these patches, "
                 "the rest is Beam, block assignment and TFRecord writing")
     if node == "Trainer" and fresh["trainer"]:
         t = fresh["trainer"]
-        note = f"; {_n(t['examples_per_second'])} training examples/s over {t['epochs_run']} epochs"
+        note = f"; {_n(t['examples_per_second'])} training examples/s over {t['epochs_run']} epoch(s)"
         floor = results.get("floor", {}).get("rows")
         if floor:
             note += f"; the floor trains the same model in {_s(floor[0]['floor']['seconds']['train'])} s"
@@ -374,31 +398,22 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         times.set(xlabel="patches", ylabel="seconds", title="Wall time against data size")
         memory.set(xlabel="patches", ylabel="MiB", title="Peak memory against data size")
         for axes in (times, memory):
+            if max(patches) >= 10 * min(patches):
+                axes.set_xscale("log")
             axes.grid(alpha=0.3)
             axes.legend()
         written.append(_save(fig, out_dir / "scaling.png"))
 
-        fig, axes = plt.subplots(figsize=(10, 1.5 + 0.8 * len(scaling["runs"])))
-        nodes = list(scaling["runs"][0]["fresh"]["components"])
-        left = [0.0] * len(scaling["runs"])
-        labels = [f"{run['multiple']}x fresh" for run in scaling["runs"]]
-        for node in nodes:
-            widths = [run["fresh"]["components"].get(node, {"seconds": 0.0})["seconds"] for run in scaling["runs"]]
-            axes.barh(labels, widths, left=left, label=node)
-            left = [a + b for a, b in zip(left, widths)]
-        axes.set(xlabel="seconds", title="Fresh run time per component")
-        axes.legend(fontsize="small", ncol=3, loc="lower right")
-        written.append(_save(fig, out_dir / "components.png"))
+        written.append(_save(_components_figure(scaling["runs"]), out_dir / "components.png"))
 
     ablations = results.get("ablations", {})
     if "cells" in ablations:
         cells = [cell for cell in ablations["cells"] if "error" not in cell]
         fig, axes = plt.subplots(figsize=(12, 5))
         x = range(len(cells))
-        for key, label, marker in (("macro_recall", "macro recall", "o"),
-                                   ("weakest", "lowest class recall", "v")):
-            stats = [cell["macro_recall"] if key == "macro_recall"
-                     else min(cell["per_class_recall"].values(), key=lambda s: s["mean"]) for cell in cells]
+        macro = [cell["macro_recall"] for cell in cells]
+        lowest = [min(cell["per_class_recall"].values(), key=lambda s: s["mean"]) for cell in cells]
+        for stats, label, marker in ((macro, "macro recall", "o"), (lowest, "lowest class recall", "v")):
             axes.errorbar(x, [s["mean"] for s in stats],
                           yerr=[[s["mean"] - s["min"] for s in stats], [s["max"] - s["mean"] for s in stats]],
                           fmt=marker, capsize=3, label=f"{label} (mean, min–max over seeds)")
@@ -406,11 +421,39 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
         axes.set_xticks(list(x))
         axes.set_xticklabels([f"{c['streams']}\n{c['normalization']}\n{c['class_weights']}\n"
                               f"blessed {c['blessed']}/{c['seeds_measured']}" for c in cells], fontsize=7)
-        axes.set(ylabel="eval argmax recall", ylim=(0, 1.05), title="Ablations: streams / normalization / class weights")
+        axes.set(ylabel="eval argmax recall", ylim=(0, 1.05),
+                 title="Ablations: streams / normalization / class weights")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
         written.append(_save(fig, out_dir / "ablations.png"))
     return written
+
+
+def _components_figure(runs: list[dict[str, Any]]):
+    """One bar per size and run kind: each component of at least MIN_SEGMENT_SECONDS somewhere, the rest
+    together, `run_local`'s time outside any component, and the process time outside `run_local`."""
+    bars = {f"{run['multiple']}x {kind}": run[kind] for run in runs for kind in ("fresh", "cached")}
+    shown = [node for node in runs[0]["fresh"]["components"]
+             if any(bar["components"].get(node, {"seconds": 0.0})["seconds"] >= MIN_SEGMENT_SECONDS
+                    for bar in bars.values())]
+    segments = {node: [bar["components"].get(node, {"seconds": 0.0})["seconds"] for bar in bars.values()]
+                for node in shown}
+    segments["other components"] = [sum(c["seconds"] for node, c in bar["components"].items() if node not in shown)
+                                    for bar in bars.values()]
+    segments["run_local between components (compile, ML Metadata, drivers)"] = [
+        bar["pipeline_seconds"] - sum(c["seconds"] for c in bar["components"].values()) for bar in bars.values()]
+    segments["outside run_local (start-up, imports)"] = [bar["process_seconds"] - bar["pipeline_seconds"]
+                                                         for bar in bars.values()]
+    fig, axes = plt.subplots(figsize=(13, 1.5 + 0.5 * len(bars)))
+    left = [0.0] * len(bars)
+    colours = plt.get_cmap("tab20").colors
+    for colour, (label, widths) in zip(colours, segments.items()):
+        axes.barh(list(bars), widths, left=left, label=label, color=colour)
+        left = [a + b for a, b in zip(left, widths)]
+    axes.invert_yaxis()
+    axes.set(xlabel="seconds (process wall)", title="Where a run's time goes, per component")
+    axes.legend(fontsize="small", loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
 
 
 def _save(fig, path: Path) -> Path:

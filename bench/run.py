@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from bench import report
 from bench.settings import SECTIONS, make_settings
 
 OUT_DIR = Path(__file__).resolve().parent
@@ -62,12 +63,20 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def write(results: dict[str, Any], out_dir: Path) -> None:
+    """results.json, results.md and the plots, from everything measured so far."""
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["targets"] = report.targets(results)
+    (out_dir / "results.json").write_text(json.dumps(json_ready(results), indent=2, allow_nan=False) + "\n")
+    (out_dir / "results.md").write_text(report.render(results))
+    report.plot(results, out_dir)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from bench import report
-    from bench.measure import command, machine
+    from bench.measure import command, machine  # TFX and TensorFlow load here, so `--help` stays instant
     from bench.sections import SECTION_FUNCTIONS, Bench
 
     settings = make_settings(args.seeds, args.sizes, args.quick)
@@ -88,13 +97,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
             results[name] = {"error": f"{type(err).__name__}: {err}"}
             failed.append(name)
-    results["bench_seconds"] = time.perf_counter() - started
-    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    results["targets"] = report.targets(results)
-    (args.out_dir / "results.json").write_text(json.dumps(json_ready(results), indent=2, allow_nan=False) + "\n")
-    (args.out_dir / "results.md").write_text(report.render(results))
-    plots = report.plot(results, args.out_dir)
-    print(f"bench: wrote {args.out_dir / 'results.md'}, results.json and {len(plots)} plots "
+        results["bench_seconds"] = time.perf_counter() - started
+        write(results, args.out_dir)  # after every section: a long run stopped later keeps what it measured
+    print(f"bench: wrote {args.out_dir / 'results.md'}, results.json and the plots "
           f"in {results['bench_seconds']:.0f} s", flush=True)
     for row in results["targets"]:
         print(f"  {'PASS' if row['passed'] else 'FAIL'}  {row['target']}: {row['measured']}")

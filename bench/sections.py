@@ -12,8 +12,14 @@ from typing import Any, Callable
 
 import numpy as np
 
+from bench.floor import scene_folders
 from bench.measure import ProcessMeasure, run_floor, run_pipelines
+from bench.report import weakest
 from bench.settings import ABLATION_OVERRIDES, Settings
+from bench.worker import record
+from components.scene_example_gen import scene_examples
+from components.scenes import load_scene
+from models.fused_cnn import STREAMS_BY_MODE
 from pipeline.config import Config
 from synth.scenes import generate_sample
 
@@ -52,21 +58,24 @@ class Bench:
             "run.direct_running_mode": mode,
         })
 
-    def pipeline(self, multiple: int, mode: str = "in_memory") -> dict[str, Any]:
-        """A fresh run in a new pipeline root, then an immediate rerun (cached), each in a fresh process."""
+    def pipeline(self, multiple: int, mode: str = "in_memory", rerun: bool = True) -> dict[str, Any]:
+        """A fresh run in a new pipeline root and, with `rerun`, an immediate rerun (cached), each in a fresh
+        process; a rerun does no Beam work, so runner modes are compared on fresh runs alone."""
         key = (multiple, mode)
-        if key not in self._pipelines:
-            config = self.scaled_config(multiple, mode)
-            runs = {}
-            for kind in ("fresh", "cached"):
-                progress("pipeline", f"{kind} run, {multiple}x data, DirectRunner {mode} ...")
-                measure, (record,) = run_pipelines([config], self.work, f"pipeline-x{multiple}-{mode}-{kind}")
-                runs[kind] = run_summary(measure, record)
-                progress("pipeline", f"  {runs[kind]['process_seconds']:.1f} s process, "
-                                     f"{runs[kind]['pipeline_seconds']:.1f} s pipeline, ok={runs[kind]['ok']}")
-            self._pipelines[key] = {"multiple": multiple, "mode": mode, "scenes": self.settings.scenes * multiple,
-                                    "scene_side": self.settings.scene_side, **runs}
-        return self._pipelines[key]
+        config = self.scaled_config(multiple, mode)
+        runs = self._pipelines.setdefault(key, {"multiple": multiple, "mode": mode,
+                                                "scenes": self.settings.scenes * multiple,
+                                                "scene_side": self.settings.scene_side})
+        for kind in ("fresh", "cached") if rerun else ("fresh",):
+            if kind in runs:
+                continue
+            progress("pipeline", f"{kind} run, {multiple}x data, DirectRunner {mode} ...")
+            measure, (result,) = run_pipelines([config], self.work, f"pipeline-x{multiple}-{mode}-{kind}",
+                                               record=False)
+            runs[kind] = run_summary(measure, {**result, **record(config)})
+            progress("pipeline", f"  {runs[kind]['process_seconds']:.1f} s process, "
+                                 f"{runs[kind]['pipeline_seconds']:.1f} s pipeline, ok={runs[kind]['ok']}")
+        return runs
 
     def floor(self, multiple: int) -> dict[str, Any]:
         if multiple not in self._floors:
@@ -78,33 +87,34 @@ class Bench:
         return self._floors[multiple]
 
 
-def run_summary(measure: ProcessMeasure, record: dict[str, Any]) -> dict[str, Any]:
-    """One pipeline run: times, memory, data size, training speed and the evaluation."""
-    components = {c["node"]: {"state": c["state"], "seconds": c["seconds"]} for c in record["components"]}
-    counts = record["label_counts"]
+def run_summary(measure: ProcessMeasure, result: dict[str, Any]) -> dict[str, Any]:
+    """One pipeline run (the worker's result with its record): times, memory, data size, training speed and
+    the evaluation."""
+    components = {c["node"]: {"state": c["state"], "seconds": c["seconds"]} for c in result["components"]}
+    counts = result["label_counts"]
     patches = None
     if counts is not None:
         patches = {split: sum(by_class.values()) for split, by_class in counts.items()}
         patches["total"] = sum(patches.values())
     trainer = None
-    if record["training"] is not None and "Trainer" in components:
-        train_examples = sum(record["training"]["label_counts"]["train"].values())
+    if result["training"] is not None and "Trainer" in components:
+        train_examples = sum(result["training"]["label_counts"]["train"].values())
         seconds = components["Trainer"]["seconds"]
-        trainer = {"epochs_run": record["training"]["epochs_run"], "train_examples": train_examples,
+        trainer = {"epochs_run": result["training"]["epochs_run"], "train_examples": train_examples,
                    "seconds": seconds,
-                   "examples_per_second": train_examples * record["training"]["epochs_run"] / seconds}
+                   "examples_per_second": train_examples * result["training"]["epochs_run"] / seconds}
     return {
-        "ok": record["ok"],
+        "ok": result["ok"],
         "process_seconds": measure.seconds,
-        "pipeline_seconds": record["pipeline_seconds"],
-        "peak_rss_mib": max(measure.peak_rss_mib, record["maxrss_mib"]),
+        "pipeline_seconds": result["pipeline_seconds"],
+        "peak_rss_mib": max(measure.peak_rss_mib, result["maxrss_mib"]),
         "sampled_tree_peak_rss_mib": measure.peak_rss_mib,
-        "maxrss_mib": record["maxrss_mib"],
-        "children_maxrss_mib": record["children_maxrss_mib"],
+        "maxrss_mib": result["maxrss_mib"],
+        "children_maxrss_mib": result["children_maxrss_mib"],
         "components": components,
         "patches": patches,
         "trainer": trainer,
-        "evaluation": record["evaluation"],
+        "evaluation": result["evaluation"],
     }
 
 
@@ -118,17 +128,14 @@ def _timed(work: Callable[[], Any]) -> tuple[Any, float, float]:
 def ingest(bench: Bench) -> dict[str, Any]:
     """Issue 2: `scene_examples` (read, align, sample, cut, serialize) single-process on the default sample and
     on 4x the pixels (scenes of twice the side), and the SceneExampleGen component in a pipeline run."""
-    from bench.floor import scene_folders
-    from components.scene_example_gen import scene_examples
-    from components.scenes import load_scene
-
     settings = bench.settings
     sets = []
     for name, side in (("default sample", settings.scene_side), ("4x pixels (scenes of twice the side)",
                                                                  2 * settings.scene_side)):
         config = bench.base_config().replace({"run.data_root": str(bench.sample(settings.scenes, side))})
         folders = [str(folder) for folder in scene_folders(config)]
-        progress("ingest", f"scene_examples on {len(folders)} scenes of {side} px, {settings.ingest_repeats} repeats")
+        progress("ingest", f"scene_examples on {len(folders)} scenes of {side} px, "
+                           f"{settings.ingest_repeats} timed pass(es)")
         scene_examples(folders[0], config)  # warm-up: first-call costs (GDAL and PROJ set-up) are not throughput
         full = [_timed(lambda: sum(len(scene_examples(f, config).serialized) for f in folders))
                 for _ in range(settings.ingest_repeats)]
@@ -143,7 +150,7 @@ def ingest(bench: Bench) -> dict[str, Any]:
             "cores_busy": cpu / wall, "load_scene_share": statistics.median(t[1] for t in load) / wall,
         })
         progress("ingest", f"  {patches} patches, {patches / wall:,.0f}/s wall, {patches / cpu:,.0f}/s per core")
-    fresh = bench.pipeline(1)["fresh"]
+    fresh = bench.pipeline(1, rerun=False)["fresh"]
     component_seconds = fresh["components"]["SceneExampleGen"]["seconds"]
     return {
         "repeats": settings.ingest_repeats,
@@ -189,7 +196,7 @@ def scaling(bench: Bench) -> dict[str, Any]:
         "marginal": marginal,
         "component_costs": component_costs,
         "multi_processing": {"multiple": multiple, "in_memory": bench.pipeline(multiple),
-                             "multi_processing": bench.pipeline(multiple, "multi_processing")},
+                             "multi_processing": bench.pipeline(multiple, "multi_processing", rerun=False)},
     }
 
 
@@ -197,7 +204,7 @@ def floor(bench: Bench) -> dict[str, Any]:
     """Issue 5: the plain script against the pipeline at every size."""
     rows = []
     for multiple in bench.settings.multiples:
-        result, run = bench.floor(multiple), bench.pipeline(multiple)["fresh"]
+        result, run = bench.floor(multiple), bench.pipeline(multiple, rerun=False)["fresh"]
         rows.append({
             "multiple": multiple, "floor": result,
             "pipeline_seconds": run["pipeline_seconds"], "pipeline_process_seconds": run["process_seconds"],
@@ -210,8 +217,6 @@ def floor(bench: Bench) -> dict[str, Any]:
 def ablation_cells() -> list[dict[str, str]]:
     """streams x normalization x class weights, normalization outermost so each seed's root runs Transform
     only twice (a cell that changes only the model reuses the cached Transform)."""
-    from models.fused_cnn import STREAMS_BY_MODE
-
     default = Config()
     return [{"streams": streams, "normalization": normalization, "class_weights": weights}
             for normalization in (default.transform.normalization, "none")
@@ -245,10 +250,11 @@ def ablations(bench: Bench) -> dict[str, Any]:
             "run.data_root": str(data), "run.pipeline_root": str(bench.work / "ablations" / f"seed-{seed}"),
         }) for cell in cells]
         progress("ablations", f"seed {seed}: {len(cells)} cells in one pipeline root ...")
-        measure, records = run_pipelines(configs, bench.work, f"ablations-seed{seed}")
+        measure, results = run_pipelines(configs, bench.work, f"ablations-seed{seed}", record=True)
         progress("ablations", f"  {measure.seconds:.1f} s")
         per_seed.append({"seed": seed, "process_seconds": measure.seconds,
-                         "runs": [{**cell, **_cell_outcome(record, gate_floor)} for cell, record in zip(cells, records)]})
+                         "runs": [{**cell, **_cell_outcome(result, gate_floor)}
+                                  for cell, result in zip(cells, results)]})
     return {
         "seeds": settings.seeds,
         "gate": {"min_class_recall": gate_floor, **ABLATION_OVERRIDES},
@@ -260,20 +266,20 @@ def ablations(bench: Bench) -> dict[str, Any]:
     }
 
 
-def _cell_outcome(record: dict[str, Any], gate_floor: float) -> dict[str, Any]:
-    evaluation = record["evaluation"]
+def _cell_outcome(result: dict[str, Any], gate_floor: float) -> dict[str, Any]:
+    evaluation = result["evaluation"]
     if evaluation is None:
         return {"error": "the run stopped before the Evaluator (see the ablation log)"}
     recalls = evaluation["per_class_recall"]
-    weakest = min(recalls, key=lambda name: recalls[name])
+    lowest = weakest(recalls)
     return {
         "per_class_recall": recalls,
         "macro_recall": evaluation["macro_recall"],
         "majority_prediction_share": evaluation["majority_prediction_share"],
         "blessed": evaluation["blessed"],
         "failures": evaluation["failures"],
-        "weakest_class": weakest,
-        "collapsed": recalls[weakest] < gate_floor,  # some class under the gate's floor: the seed's failure
+        "weakest_class": lowest,
+        "collapsed": not recalls[lowest] >= gate_floor,  # some class under the gate's floor (or absent)
     }
 
 

@@ -1,13 +1,15 @@
-"""Runs pipeline configurations one after another in this process and records what each run did.
+"""Runs pipeline configurations one after another in this process, as `terrafuse run` would.
 
 The bench starts it as a subprocess, so process wall time and peak memory are those of a `terrafuse run`
-(TFX imports included), and reads each run's record from ML Metadata right after the run, before the next
-run in the same pipeline root makes it no longer the newest.
+(TFX imports included). With --record it also reads each run's record from ML Metadata right after the run,
+before the next run in the same pipeline root makes it no longer the newest (the bench's own reading then
+costs this process time, so timed single runs leave it to the caller).
 
-    python -m bench.worker JOB.json RESULT.json     # JOB.json: a list of Config.to_dict()
+    python -m bench.worker JOB.json RESULT.json [--record]    # JOB.json: a list of Config.to_dict()
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import resource
@@ -35,12 +37,11 @@ def _maxrss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def record(config: Config, ok: bool, seconds: float) -> dict[str, Any]:
-    """Components with state and seconds, the gate's label counts, the training record and the evaluation."""
+def record(config: Config) -> dict[str, Any]:
+    """The newest run under the config's pipeline root: components with state and seconds, the gate's label
+    counts, the training record and the evaluation."""
     runs = last_run(config)
     result: dict[str, Any] = {
-        "ok": ok,
-        "pipeline_seconds": seconds,
         "components": [{"node": r.node, "state": r.state, "seconds": r.seconds} for r in runs],
         "label_counts": None,
         "training": None,
@@ -60,21 +61,26 @@ def record(config: Config, ok: bool, seconds: float) -> dict[str, Any]:
     return result
 
 
-def main(argv: list[str]) -> int:
-    job, out = argv
-    with open(job) as f:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.worker")
+    parser.add_argument("job", help="JSON list of Config.to_dict()")
+    parser.add_argument("out", help="JSON list of results, one per config, rewritten after every run")
+    parser.add_argument("--record", action="store_true", help="add each run's record (see `record`)")
+    args = parser.parse_args(argv)
+    with open(args.job) as f:
         configs = [Config.from_dict(data) for data in json.load(f)]
     results = []
     for config in configs:
         started = time.perf_counter()
         ok = run_local(config)
-        results.append(record(config, ok, time.perf_counter() - started))
-        results[-1]["maxrss_mib"] = _maxrss_mib(resource.RUSAGE_SELF)
-        results[-1]["children_maxrss_mib"] = _maxrss_mib(resource.RUSAGE_CHILDREN)
-        with open(out, "w") as f:  # after every run: a crash later still leaves the runs before it
+        result = {"ok": ok, "pipeline_seconds": time.perf_counter() - started,
+                  "maxrss_mib": _maxrss_mib(resource.RUSAGE_SELF),
+                  "children_maxrss_mib": _maxrss_mib(resource.RUSAGE_CHILDREN)}
+        results.append({**result, **record(config)} if args.record else result)
+        with open(args.out, "w") as f:  # after every run: a crash later still leaves the runs before it
             json.dump(results, f)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

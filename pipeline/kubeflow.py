@@ -125,8 +125,8 @@ def _schema_file_in_image(pipeline: Any, project_dir_in_image: str) -> None:
             continue
         relative = Path(os.path.relpath(path, PROJECT_DIR))
         if relative.parts[0] == os.pardir:
-            raise ConfigError(f"run.schema_file {path} is outside the project, so the image does not hold it: "
-                              f"put it under {PROJECT_DIR / 'schemas'} (built into the image) or on a bucket (gs://...)")
+            raise ConfigError(f"run.schema_file {path} is outside the project, so the image does not hold it: put "
+                              f"it under {PROJECT_DIR / 'schemas'} (built into the image) or on a bucket (gs://...)")
         component.exec_properties[SCHEMA_FILE_KEY] = posixpath.join(project_dir_in_image, *relative.parts)
 
 
@@ -194,6 +194,7 @@ def validate_cron(cron: str) -> str:
 
 
 def _cron_item_problem(item: str, name: str, low: int, high: int) -> str | None:
+    """What is wrong with one comma-separated item of a cron field (`*`, `?`, `a`, `a-b`, each `/step`), if anything."""
     names = CRON_NAMES.get(name, {})
     base, slash, step = item.partition("/")
     if slash and not (step.isdigit() and int(step) > 0):
@@ -207,7 +208,7 @@ def _cron_item_problem(item: str, name: str, low: int, high: int) -> str | None:
     for bound in bounds:
         value = names.get(bound, int(bound) if bound.isdigit() else None)
         if value is None or not low <= value <= high:
-            return f"{bound!r} is not in {low}-{high}" + (f" or {min(names)}..{max(names)}" if names else "")
+            return f"{bound!r} is not in {low}-{high}" + (f" or {list(names)[0]}-{list(names)[-1]}" if names else "")
         values.append(value)
     return f"range {base!r} runs backwards" if values != sorted(values) else None
 
@@ -230,8 +231,8 @@ def schedule(config: Config, host: str | None = None, cron: str | None = None, c
              client_options: dict[str, Any] | None = None) -> str:
     """Creates a recurring run of the compiled spec: one run at a time, no backfill; returns its id.
 
-    Every scheduled run reads the newest span (the ExampleGen's span-{SPAN:4} pattern); one with no new span is
-    served from the KFP cache up to the gate (docs/kubeflow.md, "Scheduled runs").
+    Every scheduled run reads the newest span (the ExampleGen's span-{SPAN:4} pattern); one without a new span
+    is a KFP cache hit up to and including the Trainer (docs/kubeflow.md, "Scheduled runs and new spans").
     """
     cron = validate_cron(cron or config.kubeflow.cron)
     spec = load_spec(config)
@@ -271,7 +272,8 @@ def disable_schedule(config: Config, host: str | None, recurring_run_id: str,
 
 
 def _client(config: Config, host: str | None, client_options: dict[str, Any] | None) -> tuple[Any, str]:
-    """A kfp.Client for host (else kubeflow.host; inside a cluster the client finds the endpoint itself)."""
+    """A kfp.Client for host (else kubeflow.host; inside a cluster the client finds the endpoint itself), and
+    the name error messages give the server."""
     host = host or config.kubeflow.host
     if host:
         _check_reachable(host)
@@ -279,11 +281,12 @@ def _client(config: Config, host: str | None, client_options: dict[str, Any] | N
         raise KubeflowError("no Kubeflow Pipelines host: pass --host URL or set kubeflow.host")
     import kfp
 
-    with _talking_to(host or "the in-cluster endpoint", "checking the server's health"):
+    server = host or "the in-cluster Kubeflow Pipelines endpoint"
+    with _talking_to(server, "checking the server's health"):
         try:
-            return kfp.Client(host=host or None, **(client_options or {})), host
+            return kfp.Client(host=host or None, **(client_options or {})), server
         except TimeoutError as err:  # the client's health probe gave up after its retries
-            raise KubeflowError(f"{host}: {err}") from None
+            raise KubeflowError(f"{server}: {err}") from None
 
 
 def _check_reachable(host: str, timeout_s: float = 5.0) -> None:
@@ -339,7 +342,7 @@ def register_cli(commands: argparse._SubParsersAction, config_arguments: Callabl
         parser.add_argument("--no-data-check", action="store_true",
                             help="do not look for spans under the data root (it is mounted only in the cluster)")
     schedule_parser = actions.choices["schedule"]
-    schedule_parser.add_argument("--cron", help=f"six-field cron, seconds first (default: kubeflow.cron); {CRON_HELP}")
+    schedule_parser.add_argument("--cron", help=f"default: kubeflow.cron; {CRON_HELP}")
     what = schedule_parser.add_mutually_exclusive_group()
     what.add_argument("--list", action="store_true", help="list the recurring runs of kubeflow.experiment")
     what.add_argument("--disable", metavar="ID", help="disable the recurring run with this id")
@@ -371,7 +374,8 @@ def _cmd_submit(args: argparse.Namespace, config: Config) -> int:
 def _cmd_schedule(args: argparse.Namespace, config: Config) -> int:
     if args.list:
         for entry in list_schedules(config, args.host):
-            print(f"{entry.recurring_run_id}  {'enabled ' if entry.enabled else 'disabled'}  {entry.cron}  {entry.name}")
+            state = "enabled " if entry.enabled else "disabled"
+            print(f"{entry.recurring_run_id}  {state}  {entry.cron}  {entry.name}")
         return 0
     if args.disable:
         disable_schedule(config, args.host, args.disable)

@@ -30,7 +30,7 @@ class Request:
     method: str
     path: str
     query: dict[str, list[str]]
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case
     body: Any
 
 
@@ -42,7 +42,7 @@ class FakeKfpServer:
         self._failures: dict[tuple[str, str], tuple[int, str]] = {}
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._timer = threading.Timer(lifetime_s, self.stop)
         self._timer.daemon = True
 
@@ -124,7 +124,8 @@ def _handler_for(server: FakeKfpServer) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(length) if length else b""
             body = json.loads(raw) if raw else None
             query = urllib.parse.parse_qs(url.query)
-            server.requests.append(Request(self.command, url.path, query, dict(self.headers), body))
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            server.requests.append(Request(self.command, url.path, query, headers, body))
             status, payload = server.handle(self.command, url.path, query, body)
             data = json.dumps(payload).encode()
             self.send_response(status)

@@ -6,7 +6,8 @@ outputs.artifacts with uris under <pipeline root>/<pipeline>/<run>/<task>/; outp
 of `{{$}}` and runs the task's own command (`python -m ...`, with this interpreter) in a subprocess, from a
 scratch directory, so nothing leans on this checkout's working directory. Downstream inputs come from each task's
 ExecutorOutput (the outputFile). A `lifecycle.preCacheCheck` (the file-based ExampleGen driver) runs first and
-writes the span it resolved into the same outputFile, which the executor reads.
+writes the span it resolved into the same outputFile, which the executor reads; its artifact metadata (span,
+fingerprint) goes on to the executor's output artifact, as the backend does.
 
 Like a KFP backend it caches: a task whose container, input artifact names and parameter values (after the
 pre-cache check) were seen before reuses that execution's outputs and is reported CACHED. Resolver tasks answer
@@ -27,7 +28,6 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -38,8 +38,8 @@ _PLACEHOLDER = re.compile(r"\{\{\$\.inputs\.artifacts\['(\w+)'\]\.metadata\['(\w
 @dataclass
 class TaskRun:
     state: str
-    seconds: float
     log: str = ""  # the task's output, when it ran
+    seconds: float = 0.0
 
 
 @dataclass
@@ -96,7 +96,7 @@ class Launcher:
         if "resolver" in executor:
             result.outputs[name] = {key: _query(query["filter"], inputs, state["artifacts"])
                                     for key, query in executor["resolver"]["outputArtifactQueries"].items()}
-            return TaskRun(RESOLVED, 0.0)
+            return TaskRun(RESOLVED)
         container = executor["container"]
         task_dir = self.pipeline_root / self.spec["pipelineInfo"]["name"] / result.run_id / name
         output_types = {key: d["artifactType"] for key, d in component.get("outputDefinitions", {})
@@ -120,8 +120,13 @@ class Launcher:
         if pre_cache_check:
             code, log = self._execute(pre_cache_check["command"], pre_cache_check["args"], executor_input, workdir)
             if code:
-                return TaskRun(FAILED, 0.0, log)
-            parameters.update(_read_json(executor_input["outputs"]["outputFile"]).get("parameterValues", {}))
+                return TaskRun(FAILED, log)
+            checked = _read_json(executor_input["outputs"]["outputFile"])
+            parameters.update(checked.get("parameterValues", {}))
+            # The backend hands the driver's artifact metadata (span, fingerprint) on to the executor's outputs.
+            for key, updated in checked.get("artifacts", {}).items():
+                for given, found in zip(executor_input["outputs"]["artifacts"][key]["artifacts"], updated["artifacts"]):
+                    given["metadata"].update(found.get("metadata", {}))
         cache_key = hashlib.sha256(json.dumps({
             "container": [container["image"], container["command"], container["args"]],
             "inputs": {key: [a["name"] for a in artifacts] for key, artifacts in inputs.items()},
@@ -129,11 +134,11 @@ class Launcher:
         }, sort_keys=True).encode()).hexdigest()
         if task.get("cachingOptions", {}).get("enableCache") and cache_key in state["cache"]:
             result.outputs[name] = state["cache"][cache_key]
-            return TaskRun(CACHED, 0.0, log)
+            return TaskRun(CACHED, log)
         code, executor_log = self._execute(container["command"], container["args"], executor_input, workdir)
         log += executor_log
         if code:
-            return TaskRun(FAILED, 0.0, log)
+            return TaskRun(FAILED, log)
         produced = _read_json(executor_input["outputs"]["outputFile"]).get("artifacts", {})
         outputs = {}
         for key, artifact_type in output_types.items():
@@ -141,7 +146,7 @@ class Launcher:
             outputs[key] = [{**artifact, "type": artifact_type} for artifact in artifacts]
             state["artifacts"].extend(outputs[key])
         result.outputs[name] = state["cache"][cache_key] = outputs
-        return TaskRun(EXECUTED, 0.0, log)
+        return TaskRun(EXECUTED, log)
 
     def _execute(self, command: list[str], args: list[str], executor_input: dict, workdir: str) -> tuple[int, str]:
         """Runs one entry point as its container would: the same module, this interpreter, the image's env."""
