@@ -1,7 +1,8 @@
 """`python -m bench.run`: measure speed and quality and write results.md, results.json and the plots.
 
-Sections (issue): ingest (2), pipeline (3), scaling, floor and ablations (5). The full run takes about an hour
-on 2 cores and should run on a quiet machine; `--quick` is a few minutes of tiny data, a check of the harness.
+Sections (issue): ingest (2), pipeline (3), scaling, floor and ablations (5). The full run trains dozens of
+models (every size up to 16x the sample, 3 seeds x 12 ablation cells) and takes hours on 2 cores: run it on a
+quiet machine, where its times mean something. `--quick` (tiny data, one epoch) only checks the harness.
 """
 from __future__ import annotations
 

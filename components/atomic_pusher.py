@@ -18,8 +18,10 @@ from tfx.components.pusher import executor as pusher_executor
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
-from tfx.utils import proto_utils
+from tfx.utils import io_utils, proto_utils
 from tfx.v1.components import Pusher
+
+from pipeline.config import resolve_path
 
 STAGING_PREFIX = ".staging-"
 # Inside each published version: the model it was copied from, so a rerun never publishes a model twice.
@@ -29,7 +31,7 @@ SOURCE_MARKER = os.path.join("assets.extra", "terrafuse_source.txt")
 def published_version_of(model_dir: str, base_dir: str) -> str | None:
     for version in model_versions(base_dir):
         marker = os.path.join(base_dir, version, SOURCE_MARKER)
-        if os.path.exists(marker) and open(marker).read() == os.path.abspath(model_dir):
+        if os.path.exists(marker) and open(marker).read() == resolve_path(model_dir):
             return os.path.join(base_dir, version)
     return None
 
@@ -50,10 +52,10 @@ def publish_atomically(model_dir: str, base_dir: str, version: int | None = None
     final = os.path.join(base_dir, str(version))
     staging = os.path.join(base_dir, f"{STAGING_PREFIX}{version}-{os.getpid()}")
     try:
-        shutil.copytree(model_dir, staging)
+        io_utils.copy_dir(model_dir, staging)  # the model may be on gs://
         os.makedirs(os.path.dirname(os.path.join(staging, SOURCE_MARKER)), exist_ok=True)
         with open(os.path.join(staging, SOURCE_MARKER), "w") as f:
-            f.write(os.path.abspath(model_dir))
+            f.write(resolve_path(model_dir))
         os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -8,7 +8,6 @@ which limit. DataGate hands the training split's label counts to the Trainer, so
 pass over the data.
 """
 
-import glob
 import json
 import logging
 import os
@@ -18,6 +17,7 @@ import numpy as np
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.components.statistics_gen import stats_artifact_utils
+from tfx.dsl.io import fileio
 from tfx.types import Artifact
 from tfx.utils import path_utils
 
@@ -169,8 +169,9 @@ def _train_eval_counts(statistics: Artifact, config: Config) -> dict[str, dict[i
 
 def _read_anomalies(artifact: Artifact, source: str) -> list[str]:
     messages = []
-    for path in sorted(glob.glob(os.path.join(artifact.uri, "*", "SchemaDiff.pb"))):
-        anomalies = anomalies_pb2.Anomalies.FromString(open(path, "rb").read())
+    for path in sorted(fileio.glob(os.path.join(artifact.uri, "*", "SchemaDiff.pb"))):
+        with fileio.open(path, "rb") as f:
+            anomalies = anomalies_pb2.Anomalies.FromString(f.read())
         where = os.path.basename(os.path.dirname(path))
         messages.extend(anomaly_messages(anomalies, f"{source} ({where})"))
     return messages
@@ -199,7 +200,8 @@ def DataGate(
     report = evaluate(config, counts, _read_anomalies(schema_anomalies, "ExampleValidator"),
                       _read_anomalies(distribution_anomalies, "DistributionValidator"))
     _record(report, training_labels, "Data gate")
-    with open(os.path.join(training_labels.uri, LABEL_COUNTS_FILE), "w") as f:
+    fileio.makedirs(training_labels.uri)
+    with fileio.open(os.path.join(training_labels.uri, LABEL_COUNTS_FILE), "w") as f:
         json.dump({split: {str(k): v for k, v in c.items()} for split, c in counts.items()}, f, sort_keys=True)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from pipeline.config import Config, ConfigError, load_config
+from pipeline.kubeflow import register_cli as register_kubeflow_cli
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="summarise the last run recorded under the pipeline root")
     _config_arguments(report)
     report.set_defaults(func=cmd_report)
+
+    register_kubeflow_cli(commands, _config_arguments, _config)
     return parser
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 import os
 
 from tfx import v1 as tfx
-from tfx.components import DistributionValidator
 from tensorflow_metadata.proto.v0 import path_pb2, schema_pb2
 
 from components.atomic_pusher import AtomicPusher
 from components.data_gate import DataGate, DriftGate
+from components.distribution_validator import DistributionValidator
 from components.scene_example_gen import SceneExampleGen
 from models.evaluation import eval_config
 from pipeline.config import Config, resolve_path

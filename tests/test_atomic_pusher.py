@@ -33,14 +33,14 @@ def test_a_copy_that_fails_midway_leaves_no_version(tmp_path, monkeypatch):
     model, serving = _model(tmp_path), tmp_path / "serving"
     publish_atomically(str(model), str(serving), version=100)
 
-    def copy_then_crash(src, dst, **kwargs):
+    def copy_then_crash(src, dst, *args, **kwargs):
         os.makedirs(dst)
         shutil.copy(os.path.join(src, "saved_model.pb"), dst)
         raise OSError("disk full")
 
     retrained = tmp_path / "retrained"
     shutil.copytree(model, retrained)
-    monkeypatch.setattr(atomic_pusher.shutil, "copytree", copy_then_crash)
+    monkeypatch.setattr(atomic_pusher.io_utils, "copy_dir", copy_then_crash)
     with pytest.raises(OSError, match="disk full"):
         publish_atomically(str(retrained), str(serving), version=200)
     assert sorted(os.listdir(serving)) == ["100"]
