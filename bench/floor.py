@@ -37,7 +37,7 @@ from models.metrics import argmax_recalls
 from models.trainer import MAX_SHUFFLE_BUFFER, VAL_MACRO_RECALL, MacroRecallCallback
 from pipeline.config import Config, load_config
 from transforms.features import LIDAR_PREFIX, MULTISPECTRAL, layout
-from transforms.preprocessing import _lidar_pretransform
+from transforms.preprocessing import lidar_pretransform
 
 TRAIN_SPLIT = "train"  # the Trainer's TrainArgs and EvalArgs splits (pipeline/dag.py)
 EVAL_SPLIT = "eval"
@@ -101,7 +101,7 @@ def normalise(patches: Patches, config: Config) -> np.ndarray:
     for channel, name in enumerate(lay.stream_features):
         values = patches.values[:, channel]
         if name in lay.lidar:
-            values = _lidar_pretransform(name[len(LIDAR_PREFIX):], config)(tf.constant(values)).numpy()
+            values = lidar_pretransform(name[len(LIDAR_PREFIX):], config)(tf.constant(values)).numpy()
         mean = values[train].mean(dtype=np.float64)
         std = values[train].std(dtype=np.float64)
         out[:, channel] = (values - mean) / std if std > 0 else values - mean

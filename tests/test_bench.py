@@ -1,5 +1,7 @@
-"""Smoke test of the benchmark harness: `python -m bench.run --quick` writes every result file with every
-table cell filled. The numbers of a quick run mean nothing and are not checked."""
+"""Smoke test of the benchmark harness: a quick run of the ingestion and floor sections (which include a fresh
+and a cached pipeline run) writes results.md and results.json with every table cell filled. The ablation and
+scaling sections take 14 more pipeline runs even when tiny, too long for the suite; they run under `make bench`.
+The numbers of a quick run mean nothing and are not checked."""
 import json
 import re
 import subprocess
@@ -11,8 +13,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-PLOTS = ("scaling.png", "components.png", "ablations.png")
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SMOKE_SECTIONS = ("ingest", "floor")
 # The only nulls results.json may hold: the macro recall change of a run without a blessed baseline.
 NULLABLE = {"macro_recall_change"}
 
@@ -20,7 +21,8 @@ NULLABLE = {"macro_recall_change"}
 @pytest.fixture(scope="module")
 def out_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    finished = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out-dir", str(out)],
+    only = [arg for section in SMOKE_SECTIONS for arg in ("--only", section)]
+    finished = subprocess.run([sys.executable, "-m", "bench.run", "--quick", *only, "--out-dir", str(out)],
                               cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     return out
@@ -38,17 +40,12 @@ def nulls(value, path=""):
 
 
 def test_results_json_has_every_section_and_number(out_dir):
-    from bench.sections import ablation_cells  # TFX: imported only when the slow test runs
-    from bench.settings import SECTIONS
-
     results = json.loads((out_dir / "results.json").read_text())
-    for section in SECTIONS:
+    for section in SMOKE_SECTIONS:
         assert "error" not in results[section], results[section]
     assert nulls(results) == []
-    assert len(results["ablations"]["cells"]) == len(ablation_cells())
-    for cell in results["ablations"]["cells"]:
-        assert cell["seeds_measured"] == results["ablations"]["seeds"]
-    assert {row["issue"] for row in results["targets"]} == {2, 3}
+    assert results["machine"]["logical_cores"] >= 1 and "-m bench.run" in results["command"]
+    assert results["ingest"]["sets"] and results["floor"]["rows"]
     assert all(isinstance(row["passed"], bool) for row in results["targets"])
 
 
@@ -61,10 +58,5 @@ def test_results_md_fills_every_table_cell(out_dir):
     for row in rows:
         cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
         assert all(cells), row
-    for heading in ("Targets", "Ingestion", "Pipeline", "Ablations", "Scaling", "Floor", "Where the time goes"):
+    for heading in ("Targets", "Ingestion", "Floor"):
         assert re.search(rf"^## (\d\. )?{heading}", text, re.MULTILINE), heading
-
-
-def test_plots_are_png_files(out_dir):
-    for name in PLOTS:
-        assert (out_dir / name).read_bytes().startswith(PNG_SIGNATURE), name

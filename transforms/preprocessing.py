@@ -46,7 +46,7 @@ def preprocessing_fn(inputs: dict[str, tf.Tensor], custom_config: dict[str, Any]
     if normalise:
         multispectral = [tft.scale_to_z_score(band) for band in multispectral]
         lidar = [
-            tft.scale_to_z_score(_lidar_pretransform(name[len(LIDAR_PREFIX):], config)(channel))
+            tft.scale_to_z_score(lidar_pretransform(name[len(LIDAR_PREFIX):], config)(channel))
             for name, channel in zip(lay.lidar, lidar)
         ]
 
@@ -66,7 +66,7 @@ def _patch(x: tf.Tensor | tf.SparseTensor, lay: FeatureLayout) -> tf.Tensor:
     return tf.reshape(tf.cast(x, tf.float32), [-1, lay.patch_values])
 
 
-def _lidar_pretransform(channel: str, config: Config) -> Callable[[tf.Tensor], tf.Tensor]:
+def lidar_pretransform(channel: str, config: Config) -> Callable[[tf.Tensor], tf.Tensor]:
     """The per-channel step before z-scoring (see the module docstring for why)."""
     low, high = config.transform.height_clip_m
     return {
