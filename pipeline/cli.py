@@ -117,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     # TFX and Beam parse sys.argv with absl flags: ours (e.g. -v) must not reach them.
     sys.argv = sys.argv[:1]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbose else "3")
+    if not args.verbose:  # TFX pip-installs the user-code wheels in a subprocess on every Transform and Trainer run
+        os.environ.setdefault("PIP_QUIET", "1")
     # google-api-core warns on every import that Python 3.10 is old; TFX 1.16 installs on 3.10 only.
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

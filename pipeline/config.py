@@ -98,7 +98,7 @@ class ModelConfig:
     epochs: int = 12
     early_stopping_patience: int = 3
     # "none", "inverse", "sqrt_inverse" or "effective_number" (Cui et al. 2019).
-    class_weights: str = "effective_number"
+    class_weights: str = "inverse"
     effective_number_beta: float = 0.999
     seed: int = 0
 
