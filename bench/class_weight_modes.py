@@ -14,19 +14,16 @@ from pathlib import Path
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from models.evaluation import read_evaluation
-from pipeline.config import Config
+from pipeline.config import CLASS_WEIGHT_MODES, Config
 from pipeline.summary import last_run
 from synth.scenes import generate_sample
 
-MODES = ("none", "inverse", "sqrt_inverse", "effective_number")
-
-
 def measure(work_dir: Path, seeds: int) -> dict[str, list]:
-    results = {mode: [] for mode in MODES}
+    results = {mode: [] for mode in CLASS_WEIGHT_MODES}
     for seed in range(seeds):
         data = work_dir / f"data-seed{seed}"
         generate_sample(data, Config(), seed=seed)
-        for mode in MODES:
+        for mode in CLASS_WEIGHT_MODES:
             overrides = {"run.data_root": str(data), "run.pipeline_root": str(work_dir / f"root-seed{seed}"),
                          "model.class_weights": mode, "model.seed": seed, "gate.max_macro_recall_drop": 1.0}
             args = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]

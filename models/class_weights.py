@@ -13,9 +13,9 @@ from collections.abc import Mapping, Sequence
 
 from tensorflow_metadata.proto.v0 import statistics_pb2
 
+from pipeline.config import CLASS_WEIGHT_MODES
 from transforms.features import LABEL
 
-CLASS_WEIGHT_MODES = ("none", "inverse", "sqrt_inverse", "effective_number")
 
 
 class ClassCountError(ValueError):
