@@ -11,7 +11,7 @@ from components.data_gate import DataGate, DriftGate
 from components.distribution_validator import DistributionValidator
 from components.scene_example_gen import SceneExampleGen
 from models.evaluation import eval_config
-from pipeline.config import Config, resolve_path
+from pipeline.config import Config, ConfigError, resolve_path
 from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
 from transforms.features import LABEL, layout
 
@@ -24,7 +24,7 @@ def schema_file(config: Config) -> str:
     path = config.run.schema_file or str(DEFAULT_SCHEMA_FILE)
     missing = set(layout(config).stream_features) - schema_feature_names(path)
     if missing:
-        raise ValueError(f"{path}: schema has no entry for {sorted(missing)}; "
+        raise ConfigError(f"{path}: schema has no entry for {sorted(missing)}; "
                          f"write one with `terrafuse schema --out FILE` and set run.schema_file")
     return os.path.abspath(path)
 
