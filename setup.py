@@ -6,7 +6,8 @@ setup(
     version="0.1.0",
     description=__doc__,
     python_requires=">=3.10,<3.11",
-    packages=find_packages(include=["pipeline*", "components*", "transforms*", "models*", "schemas*", "synth*"]),
+    packages=find_packages(include=["pipeline*", "components*", "transforms*", "models*", "schemas*", "synth*",
+                                    "bench*"]),
     package_data={"schemas": ["*.pbtxt"]},
     entry_points={"console_scripts": ["terrafuse=pipeline.cli:main"]},
 )

@@ -52,7 +52,7 @@ class Patches:
     split: np.ndarray  # split name per patch
 
 
-def scene_folders(config: Config) -> list[Path]:
+def scene_folders(config: Config) -> list[str]:
     """The scene folders SceneExampleGen reads: the newest span matched by the same input config."""
     component = SceneExampleGen(config)
     input_config = proto_utils.json_to_proto(component.exec_properties["input_config"], example_gen_pb2.Input())

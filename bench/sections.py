@@ -101,7 +101,7 @@ def run_summary(measure: ProcessMeasure, result: dict[str, Any]) -> dict[str, An
         train_examples = sum(result["training"]["label_counts"]["train"].values())
         seconds = components["Trainer"]["seconds"]
         trainer = {"epochs_run": result["training"]["epochs_run"], "train_examples": train_examples,
-                   "seconds": seconds,
+                   "seconds": seconds, "inside": result["training"]["seconds"],
                    "examples_per_second": train_examples * result["training"]["epochs_run"] / seconds}
     return {
         "ok": result["ok"],
@@ -224,6 +224,13 @@ def ablation_cells() -> list[dict[str, str]]:
             for weights in (default.model.class_weights, "none")]
 
 
+def default_cell() -> dict[str, str]:
+    """What terrafuse ships: the default streams, normalization and class weights."""
+    default = Config()
+    return {"streams": default.model.streams, "normalization": default.transform.normalization,
+            "class_weights": default.model.class_weights}
+
+
 def failure_cell() -> dict[str, str]:
     """The seed project's failure: the default (fused) model on raw values without class weights."""
     return {"streams": Config().model.streams, "normalization": "none", "class_weights": "none"}
@@ -259,6 +266,7 @@ def ablations(bench: Bench) -> dict[str, Any]:
         "seeds": settings.seeds,
         "gate": {"min_class_recall": gate_floor, **ABLATION_OVERRIDES},
         "cells": [_aggregate(cell, [seed["runs"][i] for seed in per_seed]) for i, cell in enumerate(cells)],
+        "default_cell": default_cell(),
         "failure_cell": {**failure_cell(),
                          "per_seed": [{"seed": seed["seed"], **seed["runs"][cells.index(failure_cell())]}
                                       for seed in per_seed]},

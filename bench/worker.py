@@ -54,7 +54,7 @@ def record(config: Config) -> dict[str, Any]:
     model = _artifact(runs, "Trainer", "model")
     if model is not None:
         training = read_training_record(path_utils.serving_model_path(model.uri))
-        result["training"] = {key: training[key] for key in ("epochs_run", "best_epoch", "label_counts")}
+        result["training"] = {key: training.get(key) for key in ("epochs_run", "best_epoch", "label_counts", "seconds")}
     evaluation = _artifact(runs, "Evaluator", "evaluation")
     if evaluation is not None:
         result["evaluation"] = dataclasses.asdict(read_evaluation(evaluation.uri, config))

@@ -15,6 +15,7 @@ from typing import Any
 
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
+from tfx.dsl.io import fileio
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
@@ -28,10 +29,21 @@ STAGING_PREFIX = ".staging-"
 SOURCE_MARKER = os.path.join("assets.extra", "terrafuse_source.txt")
 
 
+def model_source(model_dir: str) -> str:
+    """What identifies a model for publishing: its folder, or, for a copy of a published version (the Trainer
+    reusing the serving model when no new data came), the folder that version was published from."""
+    marker = os.path.join(model_dir, SOURCE_MARKER)
+    if fileio.exists(marker):
+        with fileio.open(marker) as f:
+            return f.read()
+    return resolve_path(model_dir)
+
+
 def published_version_of(model_dir: str, base_dir: str) -> str | None:
+    source = model_source(model_dir)
     for version in model_versions(base_dir):
         marker = os.path.join(base_dir, version, SOURCE_MARKER)
-        if os.path.exists(marker) and open(marker).read() == resolve_path(model_dir):
+        if os.path.exists(marker) and open(marker).read() == source:
             return os.path.join(base_dir, version)
     return None
 
@@ -39,7 +51,7 @@ def published_version_of(model_dir: str, base_dir: str) -> str | None:
 def publish_atomically(model_dir: str, base_dir: str, version: int | None = None) -> str:
     """Copies model_dir to base_dir/<version>; the version folder exists only once the copy is complete.
 
-    A model already published (a rerun re-blessing a cached model) keeps its version: nothing is copied.
+    A model already published (a rerun re-blessing a cached or reused model) keeps its version: nothing is copied.
     """
     already = published_version_of(model_dir, base_dir)
     if already:
@@ -55,7 +67,7 @@ def publish_atomically(model_dir: str, base_dir: str, version: int | None = None
         io_utils.copy_dir(model_dir, staging)  # the model may be on gs://
         os.makedirs(os.path.dirname(os.path.join(staging, SOURCE_MARKER)), exist_ok=True)
         with open(os.path.join(staging, SOURCE_MARKER), "w") as f:
-            f.write(resolve_path(model_dir))
+            f.write(model_source(model_dir))
         os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -67,6 +79,12 @@ def model_versions(base_dir: str) -> list[str]:
     if not os.path.isdir(base_dir):
         return []
     return sorted((d for d in os.listdir(base_dir) if d.isdigit()), key=int)
+
+
+def latest_published(base_dir: str) -> str | None:
+    """The newest published version's folder: the model serving now, and the baseline the next one must match."""
+    versions = model_versions(base_dir)
+    return os.path.join(base_dir, versions[-1]) if versions else None
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):

@@ -3,26 +3,28 @@
 TFX's validators only record anomalies; downstream components run regardless. DataGate reads what they found
 (schema anomalies from ExampleValidator, the eval-vs-train label comparison of DistributionValidator) and
 measures train-vs-eval label skew itself; DriftGate compares this span's training labels with the training data
-of the last blessed model. Both fail with a message naming the feature or class that moved, by how much, against
-which limit. DataGate hands the training split's label counts to the Trainer, so class weights need no second
-pass over the data.
+of the last blessed model (the newest version in the serving dir). Both fail with a message naming the feature or
+class that moved, by how much, against which limit. DataGate hands the training split's label counts to the
+Trainer, so class weights need no second pass over the data, with the data's span and input fingerprint.
 """
 
 import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.statistics_gen import stats_artifact_utils
 from tfx.dsl.io import fileio
 from tfx.types import Artifact
-from tfx.utils import path_utils
 
+from components.atomic_pusher import latest_published
 from models.class_weights import label_counts
-from models.trainer import read_training_record
+from models.trainer import TRAINING_DATA_KEY, read_training_record
 from pipeline.config import Config, ValidationConfig
 
 LABEL_COUNTS_FILE = "label_counts.json"
@@ -183,15 +185,27 @@ def _record(report: GateReport, artifact: Artifact, gate: str) -> None:
         raise DataGateError(f"{gate} stopped the run before Transform:\n  " + "\n  ".join(report.problems))
 
 
+def data_provenance(examples: Artifact) -> dict[str, Any]:
+    """Which data the Trainer sees: the span and input fingerprint ExampleGen recorded (None when not recorded)."""
+    def read(name: str) -> Any:
+        return examples.get_custom_property(name) if examples.has_custom_property(name) else None
+
+    span = read(example_gen_utils.SPAN_PROPERTY_NAME)
+    return {"span": None if span is None else int(span),  # KFP hands metadata numbers over as floats
+            "input_fingerprint": read(example_gen_utils.FINGERPRINT_PROPERTY_NAME)}
+
+
 @tfx.dsl.components.component
 def DataGate(
+    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
     statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
     schema_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     distribution_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     training_labels: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.HyperParameters],
     config_json: tfx.dsl.components.Parameter[str],
 ) -> None:
-    """Fails the run on schema anomalies or train/eval label skew; else hands label counts to the Trainer.
+    """Fails the run on schema anomalies or train/eval label skew; else hands the Trainer its label counts and
+    the data's provenance (span, input fingerprint).
 
     It takes no baseline, so on a rerun over the same data it is cached and so is the Trainer it feeds.
     """
@@ -202,7 +216,8 @@ def DataGate(
     _record(report, training_labels, "Data gate")
     fileio.makedirs(training_labels.uri)
     with fileio.open(os.path.join(training_labels.uri, LABEL_COUNTS_FILE), "w") as f:
-        json.dump({split: {str(k): v for k, v in c.items()} for split, c in counts.items()}, f, sort_keys=True)
+        json.dump({**{split: {str(k): v for k, v in c.items()} for split, c in counts.items()},
+                   TRAINING_DATA_KEY: data_provenance(examples)}, f, sort_keys=True)
 
 
 @tfx.dsl.components.component
@@ -210,15 +225,18 @@ def DriftGate(
     statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
     drift_report: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
     config_json: tfx.dsl.components.Parameter[str],
-    baseline_model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model] = None,
+    serving_dir: tfx.dsl.components.Parameter[str],
 ) -> None:
-    """Fails the run when this span's training labels drifted from the last blessed model's training data."""
+    """Fails the run when this span's training labels drifted from those of the model serving now (the newest
+    version in the serving dir: the blessed models, found the same way on every runner)."""
     config = Config.from_dict(json.loads(config_json))
-    if baseline_model is None:
-        logging.info("Drift gate: no blessed model yet, nothing to compare with")
+    published = latest_published(serving_dir)
+    if published is None:
+        logging.info("Drift gate: nothing published in %s yet, nothing to compare with", serving_dir)
         report = GateReport(label_counts={})
     else:
-        record = read_training_record(path_utils.serving_model_path(baseline_model.uri))
+        record = read_training_record(published)
         baseline = {int(k): int(v) for k, v in record["label_counts"]["train"].items()}
+        logging.info("Drift gate: comparing with the training data of %s", published)
         report = evaluate_drift(config, _train_eval_counts(statistics, config)["train"], baseline)
     _record(report, drift_report, "Drift gate")

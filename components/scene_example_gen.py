@@ -20,6 +20,8 @@ import apache_beam as beam
 import numpy as np
 from google.protobuf import any_pb2, struct_pb2
 from tfx.components import FileBasedExampleGen
+from tfx.components.example_gen import driver as example_gen_driver
+from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenExecutor
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
@@ -159,7 +161,7 @@ def _ScenesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], 
     config = config_from_exec_properties(exec_properties)
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     matched = fileio.glob(os.path.join(input_base, split_pattern))
-    scenes = [str(path) for path in scene_dirs(matched)]
+    scenes = scene_dirs(matched)
     if not scenes:
         raise BadScenesError(f"{os.path.join(input_base, split_pattern)}: no scene folders match")
     logging.info("Reading %d scenes under %s", len(scenes), os.path.join(input_base, split_pattern))
@@ -177,8 +179,34 @@ def _ScenesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], 
     return results
 
 
+def resolve_newest_span(exec_properties: dict[str, Any]) -> dict[str, Any]:
+    """The exec properties with `{SPAN}` resolved to the newest span, as TFX's ExampleGen driver does.
+
+    LocalDagRunner and Vertex AI run that driver before the executor; the open-source Kubeflow Pipelines backend
+    does not (it skips the spec's pre-cache check), so the pattern arrives unresolved. Already resolved
+    properties come back unchanged.
+    """
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
+    if not any("{SPAN" in split.pattern or "{VERSION" in split.pattern for split in input_config.splits):
+        return exec_properties
+    resolved = example_gen_driver.FileBasedDriver(metadata_handle=None).resolve_exec_properties(
+        dict(exec_properties), None, None)
+    logging.info("Resolved the newest span: %s (input fingerprint %s)", resolved[example_gen_utils.SPAN_PROPERTY_NAME],
+                 resolved[example_gen_utils.FINGERPRINT_PROPERTY_NAME])
+    return resolved
+
+
 class Executor(BaseExampleGenExecutor):
     """Splits on whole blocks, stratified by label, instead of TFX's per-block hash (see assign_blocks)."""
+
+    def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
+           exec_properties: dict[str, Any]) -> None:
+        resolved = resolve_newest_span(exec_properties)
+        if resolved is not exec_properties:
+            for examples in output_dict[standard_component_specs.EXAMPLES_KEY]:
+                example_gen_driver.update_output_artifact(resolved, examples.mlmd_artifact)
+        super().Do(input_dict, output_dict, resolved)
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _ScenesToExamples

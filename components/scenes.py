@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import posixpath
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,20 +106,42 @@ class _Grid:
         return float(np.hypot(t.b, t.e)) * metres, float(np.hypot(t.a, t.d)) * metres
 
 
-def scene_dirs(file_paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Scene folders of the files the split pattern matched (`span-XXXX/<scene>/*`)."""
-    return sorted({Path(path).parent for path in file_paths})
+def _is_uri(path: str | os.PathLike) -> bool:
+    return "://" in str(path)
+
+
+def scene_dirs(file_paths: Iterable[str | os.PathLike]) -> list[str]:
+    """Scene folders of the files the split pattern matched (`span-XXXX/<scene>/*`): local paths or URIs."""
+    return sorted({posixpath.dirname(str(path)) if _is_uri(path) else str(Path(path).parent) for path in file_paths})
 
 
 def load_scene(scene_dir: str | os.PathLike, config: Config) -> SceneRasters:
     """Every stream of one scene on the multispectral grid; the first problem found (multispectral, then
-    labels, then LiDAR) raises SceneError."""
+    labels, then LiDAR) raises SceneError. A URI (gs://...) is copied to a local folder first: GDAL and laspy
+    read local files, and a scene is small."""
+    if _is_uri(scene_dir):
+        return _load_remote_scene(str(scene_dir).rstrip("/"), config)
     scene_dir = Path(scene_dir).absolute()
     scene = scene_dir.name
     multispectral, grid = _read_multispectral(scene, scene_dir / MULTISPECTRAL_FILE, config)
     labels = _read_labels(scene, scene_dir / LABELS_FILE, grid, config)
     lidar, filled = _read_lidar(scene, scene_dir, grid, config)
     return SceneRasters(scene, multispectral, lidar, labels, grid.crs, grid.transform, filled)
+
+
+def _load_remote_scene(uri: str, config: Config) -> SceneRasters:
+    import tensorflow as tf  # its filesystems read gs:// (and ram:// in tests); local scenes do not need it
+
+    with tempfile.TemporaryDirectory(prefix="terrafuse-scene-") as local:
+        local_dir = Path(local) / posixpath.basename(uri)
+        local_dir.mkdir()
+        for name in tf.io.gfile.listdir(uri):
+            if not tf.io.gfile.isdir(posixpath.join(uri, name)):
+                tf.io.gfile.copy(posixpath.join(uri, name), str(local_dir / name))
+        try:
+            return load_scene(local_dir, config)
+        except SceneError as err:  # name the file where it lives, not the temporary copy
+            raise SceneError(err.scene, err.path.replace(str(local_dir), uri), err.problem) from err
 
 
 @contextmanager

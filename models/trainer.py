@@ -4,22 +4,30 @@ TFX imports this file as the top-level module `trainer` from a wheel of its fold
 imported by absolute package name (the installed terrafuse package).
 
 Inputs from the DAG: `fn_args.hyperparameters` is the data gate's label counts
-{"train": {"<class id>": n}, "eval": {...}} and `fn_args.custom_config["config"]` is `Config.to_dict()`.
+{"train": {"<class id>": n}, "eval": {...}} plus the data's provenance {"data": {"span", "input_fingerprint"}};
+`fn_args.custom_config` holds `config` (`Config.to_dict()`) and `serving_dir`.
 Training runs `model.epochs` full passes (TrainArgs.num_steps is not used) and keeps the epoch with the
 best eval macro argmax recall, the quantity the Evaluator gates on.
+
+No new data, no training: when the model serving now was trained on the same span and input fingerprint with
+the same training config, the Trainer copies it instead of fitting (open-source Kubeflow Pipelines re-runs
+ingestion every time, so its cache cannot skip the Trainer; LocalDagRunner's cache usually does first).
 
 The exported SavedModel has two signatures, both on serialized raw tf.Examples:
 - `serving_default` (examples without label or metadata) -> probabilities [N, K], class_index and
   class_id [N]; it runs the Transform graph itself, so TF Serving needs nothing else.
 - `transform_features` (examples with label) -> Transform outputs; the Evaluator uses it to get the
   label index (see models/evaluation.py).
-`assets.extra/terrafuse_training.json` records the class table, label counts, class weights and config.
+`assets.extra/terrafuse_training.json` records the class table, label counts, data provenance, class weights,
+config and the training key (data and config) that decides reuse.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import time
 from typing import Any
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
@@ -27,7 +35,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
+from tfx.utils import io_utils
 
+from components.atomic_pusher import latest_published
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
@@ -44,16 +54,27 @@ TRAINING_RECORD_PATH = os.path.join("assets.extra", "terrafuse_training.json")
 VAL_MACRO_RECALL = "val_macro_argmax_recall"
 # Serialized 9x9 patches of 7 channels are ~2.5 kB: 100k of them stay well under the Trainer's memory.
 MAX_SHUFFLE_BUFFER = 100_000
+TRAINING_DATA_KEY = "data"  # the hyperparameters' entry for the data's provenance
 
 
 def run_fn(fn_args) -> None:
     """TFX Trainer entry point."""
+    started = time.perf_counter()
     if not fn_args.custom_config or "config" not in fn_args.custom_config:
         raise ValueError('Trainer needs custom_config={"config": Config.to_dict()}')
-    if not fn_args.hyperparameters or "train" not in fn_args.hyperparameters:
+    if not fn_args.hyperparameters or not {"train", "eval"} <= set(fn_args.hyperparameters):
         raise ValueError("Trainer needs the data gate's label counts as hyperparameters ({'train': ..., 'eval': ...})")
     config = Config.from_dict(fn_args.custom_config["config"])
-    counts = {split: _counts_by_id(split_counts, config) for split, split_counts in fn_args.hyperparameters.items()}
+    data = fn_args.hyperparameters.get(TRAINING_DATA_KEY)
+    key = training_key(data, fn_args.custom_config["config"])
+    reusable = reusable_model(fn_args.custom_config.get("serving_dir"), key)
+    if reusable:
+        logging.warning("No new data: the serving model %s was trained on span %s (input fingerprint %s) with this "
+                        "training config; reusing it, nothing is trained", reusable, data["span"],
+                        data["input_fingerprint"])
+        io_utils.copy_dir(reusable, fn_args.serving_model_dir)
+        return
+    counts = {split: _counts_by_id(fn_args.hyperparameters[split], config) for split in ("train", "eval")}
     weights = class_weights(counts["train"], config.class_ids, config.model.class_weights,
                             config.model.effective_number_beta)
     for index, (class_id, name) in enumerate(zip(config.class_ids, config.class_names)):
@@ -68,6 +89,7 @@ def run_fn(fn_args) -> None:
     evaluation = _dataset(fn_args.eval_files, transform_output, config, streams, shuffle_buffer=0)
 
     model = build_model(config)
+    fit_started = time.perf_counter()
     history = model.fit(
         train,
         validation_data=evaluation,
@@ -82,18 +104,39 @@ def run_fn(fn_args) -> None:
             tf_keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir, update_freq="epoch"),
         ],
     )
+    fit_seconds = time.perf_counter() - fit_started
     best_epoch = int(np.argmax(history.history[VAL_MACRO_RECALL]))
     record = {
         "class_table": [{"index": i, "id": c.id, "name": c.name} for i, c in enumerate(config.classes)],
         "label_counts": {split: {str(k): v for k, v in c.items()} for split, c in counts.items()},
+        TRAINING_DATA_KEY: data,
+        "training_key": key,
         "class_weights": {"mode": config.model.class_weights, "beta": config.model.effective_number_beta,
                           "by_class_id": {str(config.class_ids[i]): w for i, w in weights.items()}},
         "epochs_run": len(history.history[VAL_MACRO_RECALL]),
         "best_epoch": best_epoch + 1,
         "best_val_macro_argmax_recall": history.history[VAL_MACRO_RECALL][best_epoch],
         "config": config.to_dict(),
+        # where run_fn's time goes (the export follows, and is the rest of it)
+        "seconds": {"before_fit": fit_started - started, "fit": fit_seconds},
     }
     export_serving_model(model, transform_output, config, fn_args.serving_model_dir, record)
+
+
+def training_key(data: dict[str, Any] | None, config: dict[str, Any]) -> str | None:
+    """Same span, same input files and same training config: the same model. None when the data's provenance
+    is unknown (then nothing is ever reused)."""
+    if not data or data.get("span") is None or not data.get("input_fingerprint"):
+        return None
+    return hashlib.sha256(json.dumps({"data": data, "config": config}, sort_keys=True).encode()).hexdigest()
+
+
+def reusable_model(serving_dir: str | None, key: str | None) -> str | None:
+    """The model serving now, if it was trained under `key`."""
+    published = latest_published(serving_dir) if serving_dir and key else None
+    if published and read_training_record(published).get("training_key") == key:
+        return published
+    return None
 
 
 class MacroRecallCallback(tf_keras.callbacks.Callback):

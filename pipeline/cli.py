@@ -78,6 +78,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from bench.run import main as bench_main
+
+    return bench_main(args.bench_args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terrafuse", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")
@@ -108,12 +114,22 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(report)
     report.set_defaults(func=cmd_report)
 
+    bench = commands.add_parser("bench", add_help=False,
+                                help="measure speed, scaling and the ablations into bench/results.md "
+                                     "(options: terrafuse bench --help)")
+    bench.set_defaults(func=cmd_bench)  # its options are bench.run's: main() hands them over unparsed
+
     register_kubeflow_cli(commands, _config_arguments, _config)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, unparsed = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.bench_args = unparsed
+    elif unparsed:
+        parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
     # TFX and Beam parse sys.argv with absl flags: ours (e.g. -v) must not reach them.
     sys.argv = sys.argv[:1]
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbose else "3")

@@ -166,7 +166,8 @@ class Config:
 
     @property
     def serving_dir(self) -> str:
-        return self.run.serving_dir or os.path.join(self.run.pipeline_root, "serving")
+        """Absolute: the pusher, the drift gate and the baseline lookup must all name the same folder."""
+        return resolve_path(self.run.serving_dir or os.path.join(self.run.pipeline_root, "serving"))
 
     @property
     def metadata_path(self) -> str:

@@ -7,6 +7,7 @@ from tfx import v1 as tfx
 from tensorflow_metadata.proto.v0 import path_pb2, schema_pb2
 
 from components.atomic_pusher import AtomicPusher
+from components.baseline import PublishedBaseline
 from components.data_gate import DataGate, DriftGate
 from components.distribution_validator import DistributionValidator
 from components.scene_example_gen import SceneExampleGen
@@ -56,12 +57,8 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         config=label_skew_config(config),
         include_split_pairs=[("eval", "train")],
     )
-    latest_blessed_model = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model")
     data_gate = DataGate(
+        examples=example_gen.outputs["examples"],
         statistics=statistics_gen.outputs["statistics"],
         schema_anomalies=example_validator.outputs["anomalies"],
         distribution_anomalies=label_skew_validator.outputs["anomalies"],
@@ -69,8 +66,8 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
     )
     drift_gate = DriftGate(
         statistics=statistics_gen.outputs["statistics"],
-        baseline_model=latest_blessed_model.outputs["model"],
         config_json=config.restricted("validation").to_json(),
+        serving_dir=config.serving_dir,
     )
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"],
@@ -90,12 +87,15 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         hyperparameters=data_gate.outputs["training_labels"],
         train_args=tfx.proto.TrainArgs(splits=["train"]),
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={"config": config.restricted("streams", "ingest", "transform", "model").to_dict()},
+        custom_config={"config": config.restricted("streams", "ingest", "transform", "model").to_dict(),
+                       # the Trainer reuses the serving model instead of training when no new data came
+                       "serving_dir": config.serving_dir},
     )
+    baseline = PublishedBaseline(model=trainer.outputs["model"], serving_dir=config.serving_dir)
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
-        baseline_model=latest_blessed_model.outputs["model"],
+        baseline_model=baseline.outputs["baseline"],
         eval_config=eval_config(config),
         example_splits=["eval"],
     )
@@ -106,7 +106,7 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         pipeline_name=config.run.pipeline_name,
         pipeline_root=resolve_path(config.run.pipeline_root),
         components=[example_gen, schema_gen, statistics_gen, example_validator, label_skew_validator,
-                    latest_blessed_model, data_gate, drift_gate, transform, trainer, evaluator, pusher],
+                    data_gate, drift_gate, transform, trainer, baseline, evaluator, pusher],
         enable_cache=config.run.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=beam_args(config),

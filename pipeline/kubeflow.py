@@ -112,7 +112,26 @@ def compile_pipeline(config: Config, project_dir_in_image: str = IMAGE_PROJECT_D
         output_dir=str(spec_file.parent),
         output_filename=spec_file.name,
     ).run(pipeline)
+    _ingest_every_run(spec_file, pipeline)
     return spec_file
+
+
+def _ingest_every_run(spec_file: Path, pipeline: Any) -> None:
+    """Switches KFP's cache off for the file-based ExampleGen tasks.
+
+    The open-source KFP backend does not run the spec's pre-cache check (TFX's span-resolving driver), so the
+    ExampleGen's cache key (its parameters) would never change with new data and every run would reuse the
+    first span. Uncached, it resolves the newest span itself (components/scene_example_gen.py) and, when
+    nothing new came, the Trainer reuses the serving model instead of training (models/trainer.py).
+    """
+    import yaml
+    from tfx.types.standard_component_specs import INPUT_BASE_KEY
+
+    spec = yaml.safe_load(spec_file.read_text())
+    for component in pipeline.components:
+        if INPUT_BASE_KEY in component.exec_properties:
+            spec["root"]["dag"]["tasks"][component.id]["cachingOptions"] = {}  # enableCache false, as KFP writes it
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
 def _schema_file_in_image(pipeline: Any, project_dir_in_image: str) -> None:

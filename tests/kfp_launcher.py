@@ -1,18 +1,18 @@
-"""Runs a compiled KFP pipeline spec (schema 2.1) without Kubernetes, the way a KFP backend drives it.
+"""Runs a compiled KFP pipeline spec (schema 2.1) without Kubernetes, the way the open-source KFP backend drives it.
+
+Like that backend, it refuses a spec with executors other than containers and importers (TFX's `resolver`
+steps) before running anything, and it ignores `lifecycle.preCacheCheck` (TFX's ExampleGen driver).
 
 Tasks of root.dag.tasks run in topological order. For each container task the launcher builds the ExecutorInput
 JSON a KFP launcher passes (inputs.artifacts with name, uri, type schema and metadata; inputs.parameterValues;
 outputs.artifacts with uris under <pipeline root>/<pipeline>/<run>/<task>/; outputs.outputFile), puts it in place
 of `{{$}}` and runs the task's own command (`python -m ...`, with this interpreter) in a subprocess, from a
 scratch directory, so nothing leans on this checkout's working directory. Downstream inputs come from each task's
-ExecutorOutput (the outputFile). A `lifecycle.preCacheCheck` (the file-based ExampleGen driver) runs first and
-writes the span it resolved into the same outputFile, which the executor reads; its artifact metadata (span,
-fingerprint) goes on to the executor's output artifact, as the backend does.
+ExecutorOutput (the outputFile).
 
-Like a KFP backend it caches: a task whose container, input artifact names and parameter values (after the
-pre-cache check) were seen before reuses that execution's outputs and is reported CACHED. Resolver tasks answer
-their MLMD filter queries from the artifacts earlier runs produced under the same pipeline root (none on the
-first run). Produced artifacts and cache entries live in <pipeline root>/_launcher/state.json.
+Like a KFP backend it caches tasks whose `cachingOptions.enableCache` is set: a task whose container, input
+artifact names and parameter values were seen before reuses that execution's outputs and is reported CACHED.
+Cache entries live in <pipeline root>/_launcher/state.json.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import graphlib
 import hashlib
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -31,8 +30,7 @@ from pathlib import Path
 
 import yaml
 
-EXECUTED, CACHED, RESOLVED, FAILED = "EXECUTED", "CACHED", "RESOLVED", "FAILED"
-_PLACEHOLDER = re.compile(r"\{\{\$\.inputs\.artifacts\['(\w+)'\]\.metadata\['(\w+)'\]\}\}")
+EXECUTED, CACHED, FAILED = "EXECUTED", "CACHED", "FAILED"
 
 
 @dataclass
@@ -64,6 +62,10 @@ class Launcher:
         if self.spec.get("schemaVersion") != "2.1.0":
             raise ValueError(f"{spec_file}: schema {self.spec.get('schemaVersion')}; this launcher reads spec 2.1 "
                              f"(parameterValues only)")
+        unsupported = sorted(label for label, executor in self.spec["deploymentSpec"]["executors"].items()
+                             if "container" not in executor)
+        if unsupported:  # the open-source backend: "non-container and non-importer executor not implemented"
+            raise ValueError(f"{spec_file}: executors other than containers: {unsupported}")
         self.pipeline_root = Path(pipeline_root)
         self.python = python
         self.state_file = self.pipeline_root / "_launcher" / "state.json"
@@ -71,7 +73,7 @@ class Launcher:
     def run(self) -> LaunchResult:
         """One pipeline run; stops at the first failing task, as KFP does."""
         started = time.perf_counter()
-        state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"artifacts": [], "cache": {}}
+        state = json.loads(self.state_file.read_text()) if self.state_file.exists() else {"cache": {}}
         result = LaunchResult(run_id=f"run-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
         tasks = self.spec["root"]["dag"]["tasks"]
         with tempfile.TemporaryDirectory(prefix="kfp-launcher-") as workdir:
@@ -93,10 +95,6 @@ class Launcher:
         executor = self.spec["deploymentSpec"]["executors"][component["executorLabel"]]
         inputs = {key: _artifact_list(result.outputs, source)
                   for key, source in task.get("inputs", {}).get("artifacts", {}).items()}
-        if "resolver" in executor:
-            result.outputs[name] = {key: _query(query["filter"], inputs, state["artifacts"])
-                                    for key, query in executor["resolver"]["outputArtifactQueries"].items()}
-            return TaskRun(RESOLVED)
         container = executor["container"]
         task_dir = self.pipeline_root / self.spec["pipelineInfo"]["name"] / result.run_id / name
         output_types = {key: d["artifactType"] for key, d in component.get("outputDefinitions", {})
@@ -114,29 +112,15 @@ class Launcher:
                 "outputFile": str(task_dir / "executor_output.json"),
             },
         }
-        log = ""
-        pre_cache_check = container.get("lifecycle", {}).get("preCacheCheck")
-        parameters = dict(executor_input["inputs"]["parameterValues"])
-        if pre_cache_check:
-            code, log = self._execute(pre_cache_check["command"], pre_cache_check["args"], executor_input, workdir)
-            if code:
-                return TaskRun(FAILED, log)
-            checked = _read_json(executor_input["outputs"]["outputFile"])
-            parameters.update(checked.get("parameterValues", {}))
-            # The backend hands the driver's artifact metadata (span, fingerprint) on to the executor's outputs.
-            for key, updated in checked.get("artifacts", {}).items():
-                for given, found in zip(executor_input["outputs"]["artifacts"][key]["artifacts"], updated["artifacts"]):
-                    given["metadata"].update(found.get("metadata", {}))
         cache_key = hashlib.sha256(json.dumps({
             "container": [container["image"], container["command"], container["args"]],
             "inputs": {key: [a["name"] for a in artifacts] for key, artifacts in inputs.items()},
-            "parameters": parameters, "outputs": output_types,
+            "parameters": executor_input["inputs"]["parameterValues"], "outputs": output_types,
         }, sort_keys=True).encode()).hexdigest()
         if task.get("cachingOptions", {}).get("enableCache") and cache_key in state["cache"]:
             result.outputs[name] = state["cache"][cache_key]
-            return TaskRun(CACHED, log)
-        code, executor_log = self._execute(container["command"], container["args"], executor_input, workdir)
-        log += executor_log
+            return TaskRun(CACHED)
+        code, log = self._execute(container["command"], container["args"], executor_input, workdir)
         if code:
             return TaskRun(FAILED, log)
         produced = _read_json(executor_input["outputs"]["outputFile"]).get("artifacts", {})
@@ -144,7 +128,6 @@ class Launcher:
         for key, artifact_type in output_types.items():
             artifacts = produced.get(key, executor_input["outputs"]["artifacts"][key])["artifacts"]
             outputs[key] = [{**artifact, "type": artifact_type} for artifact in artifacts]
-            state["artifacts"].extend(outputs[key])
         result.outputs[name] = state["cache"][cache_key] = outputs
         return TaskRun(EXECUTED, log)
 
@@ -171,35 +154,3 @@ def _artifact_list(outputs: dict, source: dict) -> list[dict]:
 
 def _read_json(path: str) -> dict:
     return json.loads(Path(path).read_text()) if Path(path).exists() else {}
-
-
-def _schema_title(artifact: dict) -> str:
-    artifact_type = artifact["type"]
-    return artifact_type.get("schemaTitle") or yaml.safe_load(artifact_type["instanceSchema"])["title"]
-
-
-def _query(filter_text: str, inputs: dict[str, list[dict]], artifacts: list[dict]) -> list[dict]:
-    """The newest artifact matching a resolver's MLMD filter (the clause forms TFX writes), or none."""
-    for input_key, metadata_key in _PLACEHOLDER.findall(filter_text):
-        if not inputs.get(input_key):
-            return []
-        value = inputs[input_key][0]["metadata"].get(metadata_key)
-        filter_text = filter_text.replace(f"{{{{$.inputs.artifacts['{input_key}'].metadata['{metadata_key}']}}}}",
-                                          str(value))
-    tests = []
-    for clause in filter_text.split(" AND "):
-        key, _, expected = clause.partition("=")
-        expected = expected.strip('"')
-        if key == "schema_title":
-            tests.append(lambda a, e=expected: _schema_title(a) == e)
-        elif key == "name":
-            tests.append(lambda a, e=expected: a.get("name") == e)
-        elif key == "state":
-            continue  # every artifact the launcher recorded is LIVE
-        elif key.startswith("metadata.") and key.endswith(".number_value"):
-            field_name = key[len("metadata."):-len(".number_value")]
-            tests.append(lambda a, f=field_name, e=float(expected): a.get("metadata", {}).get(f) == e)
-        else:
-            raise NotImplementedError(f"resolver filter clause {clause!r} in {filter_text!r}")
-    matches = [a for a in artifacts if all(test(a) for test in tests)]
-    return matches[-1:]

@@ -52,3 +52,14 @@ def test_a_model_already_published_is_not_published_again(tmp_path):
     first = publish_atomically(str(model), str(serving), version=100)
     assert publish_atomically(str(model), str(serving), version=200) == first
     assert model_versions(str(serving)) == ["100"]
+
+
+def test_a_copy_of_a_published_version_is_that_version(tmp_path):
+    """The Trainer reuses the serving model when no new data came: pushing that copy adds no version."""
+    model, serving = _model(tmp_path), tmp_path / "serving"
+    first = publish_atomically(str(model), str(serving), version=100)
+    reused = tmp_path / "reused"
+    shutil.copytree(first, reused)
+    assert publish_atomically(str(reused), str(serving), version=200) == first
+    assert model_versions(str(serving)) == ["100"]
+    assert atomic_pusher.latest_published(str(serving)) == first

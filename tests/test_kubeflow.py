@@ -15,8 +15,9 @@ import tensorflow as tf
 import yaml
 
 from components.atomic_pusher import model_versions
+from models.trainer import read_training_record
 from fake_kfp_server import FakeKfpServer
-from kfp_launcher import CACHED, EXECUTED, RESOLVED, Launcher
+from kfp_launcher import EXECUTED, Launcher
 from pipeline import cli, kubeflow
 from pipeline.config import Config, ConfigError
 from synth.scenes import generate_sample
@@ -103,16 +104,17 @@ def test_curated_schema_points_into_the_image_and_no_path_of_this_checkout_is_le
     assert str(kubeflow.PROJECT_DIR) not in json.dumps(spec)
 
 
-def test_the_blessed_model_resolver_feeds_a_gate_and_the_evaluator(spec):
+def test_the_spec_suits_the_open_source_backend(spec):
+    """Container steps only (that backend refuses TFX's resolver steps), ExampleGen uncached (that backend skips
+    its span-resolving pre-cache check), every other step cached."""
     tasks = spec["root"]["dag"]["tasks"]
-    resolvers = {name: spec["deploymentSpec"]["executors"][spec["components"][name]["executorLabel"]]["resolver"]
-                 for name in tasks if "resolver" in name}
-    blessing_filter = resolvers["latest_blessed_model-model-blessing-resolver"]["outputArtifactQueries"]
-    assert "metadata.blessed.number_value=1" in blessing_filter["model_blessing"]["filter"]
-    consumers = {name for name, task in tasks.items() for source in task.get("inputs", {}).get("artifacts", {}).values()
-                 if source.get("taskOutputArtifact", {}).get("producerTask") == "latest_blessed_model-model-resolver"}
-    assert "Evaluator" in consumers and any(name.endswith("Gate") for name in consumers)
-    assert all(task["cachingOptions"]["enableCache"] for name, task in tasks.items() if name not in resolvers)
+    assert all("container" in executor for executor in spec["deploymentSpec"]["executors"].values())
+    uncached = {name for name, task in tasks.items() if not task["cachingOptions"].get("enableCache")}
+    assert uncached == {"SceneExampleGen"}
+    evaluator_inputs = tasks["Evaluator"]["inputs"]["artifacts"]
+    assert evaluator_inputs["baseline_model"]["taskOutputArtifact"]["producerTask"] == "PublishedBaseline"
+    assert task_parameter(spec, "DriftGate", "serving_dir") == SERVING_VOLUME
+    assert task_parameter(spec, "PublishedBaseline", "serving_dir") == SERVING_VOLUME
 
 
 def test_every_entry_module_and_executor_class_of_the_spec_imports_outside_the_checkout(spec, tmp_path):
@@ -326,14 +328,13 @@ def test_the_compiled_spec_runs_blesses_and_pushes(launched):
     config, _, result = launched
     assert result.ok, result.tasks[result.failed_task].log[-4000:]
     print(f"\nlauncher run: {result.seconds:.0f} s")
-    assert set(result.states().values()) == {EXECUTED, RESOLVED}
-    assert result.outputs["latest_blessed_model-model-resolver"]["model"] == []  # first run: nothing blessed yet
+    assert set(result.states().values()) == {EXECUTED}
     (examples,) = result.outputs["SceneExampleGen"]["examples"]
-    # The pre-cache check took the newest span and fingerprinted its 3 scenes x 3 files (TFX 1.16 records the
-    # span as a custom property here).
-    assert examples["metadata"]["custom:span"] == 2
+    # No pre-cache check ran: the executor itself took the newest span and fingerprinted its 3 scenes x 3 files.
+    assert "Resolved the newest span: 2" in result.tasks["SceneExampleGen"].log
     assert examples["metadata"]["input_fingerprint"].startswith("split:scenes,num_files:9,")
     assert json.loads(examples["metadata"]["split_names"]) == ["train", "eval"]
+    assert "nothing published" in result.tasks["PublishedBaseline"].log
     (blessing,) = result.outputs["Evaluator"]["blessing"]
     assert blessing["metadata"]["blessed"] == 1
     assert len(model_versions(config.serving_dir)) == 1
@@ -343,13 +344,17 @@ def test_the_compiled_spec_runs_blesses_and_pushes(launched):
 def test_a_run_without_a_new_span_trains_nothing_and_pushes_nothing_new(launched):
     config, launcher, first = launched
     assert first.ok
+    (version,) = model_versions(config.serving_dir)
     again = launcher.run()
     print(f"\nlauncher rerun: {again.seconds:.0f} s, {again.states()}")
-    assert again.ok
+    assert again.ok, again.tasks[again.failed_task].log[-4000:]
     (examples,) = again.outputs["SceneExampleGen"]["examples"]
-    assert examples == first.outputs["SceneExampleGen"]["examples"][0]
-    for task in ("SceneExampleGen", "StatisticsGen", "DataGate", "Transform", "Trainer"):
-        assert again.states()[task] == CACHED, again.states()
-    # The resolver now finds the first run's model: the Evaluator compares the cached model with it.
-    assert again.outputs["latest_blessed_model-model-resolver"]["model"] == first.outputs["Trainer"]["model"]
-    assert len(model_versions(config.serving_dir)) == 1
+    assert examples["metadata"]["input_fingerprint"] == first.outputs["SceneExampleGen"]["examples"][0]["metadata"][
+        "input_fingerprint"]
+    trainer_log = again.tasks["Trainer"].log
+    assert "nothing is trained" in trainer_log and "Epoch 1/" not in trainer_log
+    (model,) = again.outputs["Trainer"]["model"]
+    published = os.path.join(config.serving_dir, version)
+    assert read_training_record(os.path.join(model["uri"], "Format-Serving")) == read_training_record(published)
+    assert f"published version {published}" in again.tasks["PublishedBaseline"].log
+    assert model_versions(config.serving_dir) == [version]

@@ -19,8 +19,11 @@ from tfx.components.trainer.fn_args_utils import FnArgs
 from models.evaluation import eval_config, read_evaluation
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
+from components.atomic_pusher import publish_atomically
+from models import trainer as trainer_module
 from models.trainer import (CLASS_ID, CLASS_INDEX, PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE,
-                            TRANSFORM_SIGNATURE, export_serving_model, read_training_record, run_fn)
+                            TRAINING_DATA_KEY, TRANSFORM_SIGNATURE, export_serving_model, read_training_record,
+                            reusable_model, run_fn, training_key)
 from pipeline.config import Config
 from transforms.features import (BLOCK_ID, COL, LABEL, LABEL_INDEX, LIDAR, MULTISPECTRAL, ROW, SCENE_ID,
                                  layout, raw_feature_spec)
@@ -30,6 +33,7 @@ CONFIG = Config().replace({
     "ingest.patch_size": 3, "model.branch_filters": [8], "model.fused_filters": 8, "model.dense_units": 16,
     "model.epochs": 6, "model.batch_size": 32, "model.learning_rate": 0.01, "model.class_weights": "inverse",
 })
+DATA = {"span": 3, "input_fingerprint": "split:scenes,num_files:9,total_bytes:1000,xor_checksum:7,sum_checksum:9"}
 TRAIN_PER_CLASS = [120, 60, 30, 30, 20, 20]
 EVAL_PER_CLASS = [30, 15, 10, 10, 8, 8]
 
@@ -135,17 +139,18 @@ def trained(tmp_path_factory):
     counts = {split: {str(c): n for c, n in zip(CONFIG.class_ids, per_class)}
               for split, per_class in (("train", TRAIN_PER_CLASS), ("eval", EVAL_PER_CLASS))}
     serving_model_dir = os.path.join(root, "model", "Format-Serving")
-    run_fn(FnArgs(
+    fn_args = dict(
         train_files=[os.path.join(root, "train*.gz")], eval_files=[os.path.join(root, "eval*.gz")],
         transform_graph_path=transform_graph, serving_model_dir=serving_model_dir,
-        model_run_dir=os.path.join(root, "model_run"), hyperparameters=counts,
-        custom_config={"config": CONFIG.to_dict()}))
+        model_run_dir=os.path.join(root, "model_run"), hyperparameters={**counts, TRAINING_DATA_KEY: DATA},
+        custom_config={"config": CONFIG.to_dict(), "serving_dir": os.path.join(root, "nothing_published")})
+    run_fn(FnArgs(**fn_args))
     raw_eval_file = os.path.join(root, "raw_eval.tfrecord")
     with tf.io.TFRecordWriter(raw_eval_file) as writer:
         for row in eval_rows:
             writer.write(_serialize(row, raw_feature_spec(CONFIG)))
     return dict(root=root, serving_model_dir=serving_model_dir, transform_graph=transform_graph,
-                eval_rows=eval_rows, raw_eval_file=raw_eval_file, counts=counts)
+                eval_rows=eval_rows, raw_eval_file=raw_eval_file, counts=counts, fn_args=fn_args)
 
 
 def _serve(serving_model_dir, rows):
@@ -192,8 +197,38 @@ def test_training_record_travels_with_the_model(trained):
     assert Config.from_dict(record["config"]) == CONFIG
     assert 1 <= record["best_epoch"] <= record["epochs_run"] <= CONFIG.model.epochs
     assert os.listdir(os.path.join(trained["root"], "model_run"))  # TensorBoard logs
+    assert record["data"] == DATA and record["training_key"] == training_key(DATA, CONFIG.to_dict())
     with pytest.raises(FileNotFoundError, match="no training record"):
         read_training_record(trained["root"])
+
+
+def test_no_new_data_reuses_the_serving_model_instead_of_training(trained, tmp_path, monkeypatch):
+    serving = str(tmp_path / "serving")
+    published = publish_atomically(trained["serving_model_dir"], serving)
+
+    def no_training(config):
+        raise AssertionError("the Trainer built a model although the serving one was trained on the same data")
+
+    monkeypatch.setattr(trainer_module, "build_model", no_training)
+    reused = str(tmp_path / "reused" / "Format-Serving")
+    run_fn(FnArgs(**{**trained["fn_args"], "serving_model_dir": reused,
+                     "custom_config": {"config": CONFIG.to_dict(), "serving_dir": serving}}))
+    assert read_training_record(reused) == read_training_record(published)
+    assert publish_atomically(reused, serving) == published  # the push that follows adds no version
+
+
+def test_new_data_or_another_config_is_trained(trained, tmp_path):
+    serving = str(tmp_path / "serving")
+    publish_atomically(trained["serving_model_dir"], serving)
+    config = CONFIG.to_dict()
+    assert reusable_model(serving, training_key(DATA, config))
+    new_span = {"span": 4, "input_fingerprint": DATA["input_fingerprint"]}
+    changed_files = {**DATA, "input_fingerprint": DATA["input_fingerprint"].replace("1000", "1001")}
+    for key in (training_key(new_span, config), training_key(changed_files, config),
+                training_key(DATA, CONFIG.replace({"model.epochs": 7}).to_dict())):
+        assert key is not None and reusable_model(serving, key) is None
+    assert training_key({"span": 3, "input_fingerprint": None}, config) is None  # unknown data: never reused
+    assert reusable_model(str(tmp_path / "empty"), training_key(DATA, config)) is None
 
 
 def _analyze(config, models, raw_eval_file, output_path):

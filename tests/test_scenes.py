@@ -4,6 +4,7 @@ import pickle
 
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from components.scenes import HEIGHT_FILL_RADIUS_M, SceneError, load_scene, scene_dirs
 from pipeline.config import LIDAR_CHANNEL_CHOICES, Config
@@ -27,7 +28,36 @@ def test_scene_dirs_are_the_sorted_unique_folders_of_matched_files(tmp_path):
     span = tmp_path / "span-0001"
     matched = [span / "b" / "multispectral.tif", span / "a" / "lidar.laz", span / "a" / "labels.tif",
                str(span / "b" / "labels.tif")]
-    assert scene_dirs(matched) == [span / "a", span / "b"]
+    assert scene_dirs(matched) == [str(span / "a"), str(span / "b")]
+    uris = ["gs://bucket/data/span-0002/b/labels.tif", "gs://bucket/data/span-0002/a/lidar.laz"]
+    assert scene_dirs(uris) == ["gs://bucket/data/span-0002/a", "gs://bucket/data/span-0002/b"]
+
+
+def _upload(scene_dir, uri):
+    """The scene's files under a URI of TensorFlow's in-memory filesystem, which reads like gs://."""
+    tf.io.gfile.makedirs(uri)
+    for path in scene_dir.iterdir():
+        tf.io.gfile.copy(str(path), f"{uri}/{path.name}", overwrite=True)
+    return uri
+
+
+def test_a_scene_on_a_bucket_reads_like_a_local_one(tmp_path):
+    local = write_scene(tmp_path, config=ALL_CHANNELS)
+    remote = load_scene(_upload(local, "ram://bucket/span-0001/scene-001"), ALL_CHANNELS)
+    expected = load_scene(local, ALL_CHANNELS)
+    assert remote.scene_id == expected.scene_id == "scene-001"
+    np.testing.assert_array_equal(remote.multispectral, expected.multispectral)
+    np.testing.assert_array_equal(remote.lidar, expected.lidar)
+    np.testing.assert_array_equal(remote.labels, expected.labels)
+
+
+def test_a_bad_scene_on_a_bucket_names_the_remote_file(tmp_path):
+    local = write_scene(tmp_path, "scene-bad")
+    (local / "labels.tif").write_bytes(b"not a raster\n" * 64)
+    uri = _upload(local, "ram://bucket/span-0001/scene-bad")
+    with pytest.raises(SceneError) as raised:
+        load_scene(uri, CONFIG)
+    assert raised.value.path == f"{uri}/labels.tif" and "cannot read raster" in raised.value.problem
 
 
 def test_streams_on_the_reference_grid(tmp_path):
