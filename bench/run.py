@@ -21,7 +21,7 @@ from typing import Any
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from bench import report
-from bench.settings import SECTIONS, make_settings
+from bench.settings import ABLATION_CELL_SETS, SECTIONS, make_settings
 
 OUT_DIR = Path(__file__).resolve().parent
 
@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="data sizes as multiples of the default sample, e.g. 1,4,16 (default; 1 with --quick)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny data and one epoch: checks the harness, measures nothing worth reporting")
+    parser.add_argument("--ablation-cells", choices=ABLATION_CELL_SETS, default="all",
+                        help="all 12 cells (default), or only what terrafuse ships and the seed project's failure")
     parser.add_argument("--only", action="append", choices=SECTIONS,
                         help="run only this section (repeatable); sections reuse each other's runs when both run")
     parser.add_argument("--work-dir", type=Path,
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from bench.measure import command, machine  # TFX and TensorFlow load here, so `--help` stays instant
     from bench.sections import SECTION_FUNCTIONS, Bench
 
-    settings = make_settings(args.seeds, args.sizes, args.quick)
+    settings = make_settings(args.seeds, args.sizes, args.quick, args.ablation_cells)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="terrafuse-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     args.out_dir.mkdir(parents=True, exist_ok=True)

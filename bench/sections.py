@@ -214,14 +214,16 @@ def floor(bench: Bench) -> dict[str, Any]:
     return {"rows": rows}
 
 
-def ablation_cells() -> list[dict[str, str]]:
+def ablation_cells(cell_set: str = "all") -> list[dict[str, str]]:
     """streams x normalization x class weights, normalization outermost so each seed's root runs Transform
-    only twice (a cell that changes only the model reuses the cached Transform)."""
+    only twice (a cell that changes only the model reuses the cached Transform). "essential": the default cell
+    and the failure cell only."""
     default = Config()
-    return [{"streams": streams, "normalization": normalization, "class_weights": weights}
-            for normalization in (default.transform.normalization, "none")
-            for streams in STREAMS_BY_MODE
-            for weights in (default.model.class_weights, "none")]
+    cells = [{"streams": streams, "normalization": normalization, "class_weights": weights}
+             for normalization in (default.transform.normalization, "none")
+             for streams in STREAMS_BY_MODE
+             for weights in (default.model.class_weights, "none")]
+    return cells if cell_set == "all" else [c for c in cells if c in (default_cell(), failure_cell())]
 
 
 def default_cell() -> dict[str, str]:
@@ -245,7 +247,7 @@ def _spread(values: list[float]) -> dict[str, float]:
 def ablations(bench: Bench) -> dict[str, Any]:
     """Issue 5: every cell as a real pipeline run, per seed (synthetic data seed and model.seed)."""
     settings = bench.settings
-    cells = ablation_cells()
+    cells = ablation_cells(settings.ablation_cells)
     gate_floor = bench.base_config().gate.min_class_recall
     per_seed = []
     for seed in range(settings.seeds):

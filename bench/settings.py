@@ -13,6 +13,8 @@ from pipeline.config import Config
 from synth.scenes import generate_sample
 
 SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations")  # in the order they run and are reported
+# "all": streams x normalization x class weights; "essential": what terrafuse ships and the seed project's failure
+ABLATION_CELL_SETS = ("all", "essential")
 
 _SAMPLE_DEFAULTS = inspect.signature(generate_sample).parameters
 DEFAULT_SCENES = _SAMPLE_DEFAULTS["scenes_per_span"].default
@@ -55,6 +57,7 @@ class Settings:
     scene_side: int
     overrides: dict[str, Any] = field(default_factory=dict)
     ingest_repeats: int = 3
+    ablation_cells: str = "all"  # one of ABLATION_CELL_SETS
 
     @property
     def multi_processing_multiple(self) -> int:
@@ -63,9 +66,11 @@ class Settings:
         return sorted(self.multiples)[-2] if len(self.multiples) > 1 else self.multiples[0]
 
 
-def make_settings(seeds: int | None, multiples: tuple[int, ...] | None, quick: bool) -> Settings:
+def make_settings(seeds: int | None, multiples: tuple[int, ...] | None, quick: bool,
+                  ablation_cells: str = "all") -> Settings:
     if quick:
         return Settings(seeds=seeds or 1, multiples=multiples or (1,), quick=True, scenes=QUICK_SCENES,
-                        scene_side=QUICK_SCENE_SIDE, overrides=QUICK_OVERRIDES, ingest_repeats=1)
+                        scene_side=QUICK_SCENE_SIDE, overrides=QUICK_OVERRIDES, ingest_repeats=1,
+                        ablation_cells=ablation_cells)
     return Settings(seeds=seeds or 3, multiples=multiples or (1, 4, 16), quick=False, scenes=DEFAULT_SCENES,
-                    scene_side=DEFAULT_SCENE_SIDE)
+                    scene_side=DEFAULT_SCENE_SIDE, ablation_cells=ablation_cells)

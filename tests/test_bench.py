@@ -1,6 +1,5 @@
-"""Smoke test of the benchmark harness: a quick run of the ingestion and floor sections (which include a fresh
-and a cached pipeline run) writes results.md and results.json with every table cell filled. The ablation and
-scaling sections take 14 more pipeline runs even when tiny, too long for the suite; they run under `make bench`.
+"""Smoke test of the benchmark harness: a quick run of every section (tiny data, one epoch; sizes 1x and 2x;
+the two essential ablation cells for one seed) writes results.md and results.json with every table cell filled.
 The numbers of a quick run mean nothing and are not checked."""
 import json
 import re
@@ -13,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE_SECTIONS = ("ingest", "floor")
+SMOKE_SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations")
 # The only nulls results.json may hold: the macro recall change of a run without a blessed baseline.
 NULLABLE = {"macro_recall_change"}
 
@@ -22,7 +21,8 @@ NULLABLE = {"macro_recall_change"}
 def out_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     only = [arg for section in SMOKE_SECTIONS for arg in ("--only", section)]
-    finished = subprocess.run([sys.executable, "-m", "bench.run", "--quick", *only, "--out-dir", str(out)],
+    finished = subprocess.run([sys.executable, "-m", "bench.run", "--quick", *only, "--sizes", "1,2",
+                               "--ablation-cells", "essential", "--out-dir", str(out)],
                               cwd=REPO, capture_output=True, text=True, timeout=3600)
     assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
     return out
@@ -43,9 +43,12 @@ def test_results_json_has_every_section_and_number(out_dir):
     results = json.loads((out_dir / "results.json").read_text())
     for section in SMOKE_SECTIONS:
         assert "error" not in results[section], results[section]
+    assert (out_dir / "scaling.png").stat().st_size and (out_dir / "ablations.png").stat().st_size
     assert nulls(results) == []
     assert results["machine"]["logical_cores"] >= 1 and "-m bench.run" in results["command"]
-    assert results["ingest"]["sets"] and results["floor"]["rows"]
+    assert results["ingest"]["sets"] and len(results["floor"]["rows"]) == 2 and len(results["scaling"]["runs"]) == 2
+    assert [cell["seeds_measured"] for cell in results["ablations"]["cells"]] == [1, 1]
+    assert {row["issue"] for row in results["targets"]} == {2, 3, 5}
     assert all(isinstance(row["passed"], bool) for row in results["targets"])
 
 
@@ -58,5 +61,5 @@ def test_results_md_fills_every_table_cell(out_dir):
     for row in rows:
         cells = [cell.strip() for cell in row.strip().strip("|").split("|")]
         assert all(cells), row
-    for heading in ("Targets", "Ingestion", "Floor"):
+    for heading in ("Targets", "Ingestion", "Pipeline", "Ablations", "Scaling", "Floor"):
         assert re.search(rf"^## (\d\. )?{heading}", text, re.MULTILINE), heading

@@ -2,6 +2,8 @@
 import subprocess
 import sys
 
+import pytest
+
 from pipeline.cli import main
 
 
@@ -28,3 +30,14 @@ def test_help_does_not_import_tensorflow():
     code = "import sys; from pipeline.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n" \
            "assert 'tensorflow' not in sys.modules, 'terrafuse --help imported TensorFlow'"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_bench_command_hands_its_options_to_the_bench(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "python -m bench.run" in out and "--ablation-cells" in out
+    with pytest.raises(SystemExit) as stop:  # other commands still refuse options they do not know
+        main(["report", "--ablation-cells", "all"])
+    assert stop.value.code == 2 and "unrecognized arguments: --ablation-cells all" in capsys.readouterr().err

@@ -1,5 +1,5 @@
 """Kubeflow: the compiled spec, the image it names, the kfp client calls (against tests/fake_kfp_server.py), and
-one run of the compiled spec by tests/kfp_launcher.py on tiny scenes (slow)."""
+one run of the compiled spec by bench/kfp_launcher.py on tiny scenes (slow)."""
 import argparse
 import json
 import os
@@ -17,7 +17,7 @@ import yaml
 from components.atomic_pusher import model_versions
 from models.trainer import read_training_record
 from fake_kfp_server import FakeKfpServer
-from kfp_launcher import EXECUTED, Launcher
+from bench.kfp_launcher import EXECUTED, Launcher
 from pipeline import cli, kubeflow
 from pipeline.config import Config, ConfigError
 from synth.scenes import generate_sample

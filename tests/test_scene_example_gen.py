@@ -11,7 +11,7 @@ from tfx.utils import proto_utils
 
 import numpy as np
 
-from components.scene_example_gen import BadScenesError, Executor, SceneExampleGen, assign_blocks
+from components.scene_example_gen import BadScenesError, Executor, SceneExampleGen, assign_blocks, resolve_newest_span
 from pipeline.config import Config
 from synth.scenes import generate_sample
 from tiny_scenes import write_scene
@@ -108,3 +108,16 @@ def test_blocks_are_dealt_so_every_class_gets_its_eval_share():
     in_eval = np.sum([c for b, c in counts.items() if assignment[b] == 1], axis=0)
     np.testing.assert_allclose(in_eval / total, 0.2, atol=0.05)
     assert assign_blocks(dict(reversed(list(counts.items()))), [0.8, 0.2]) == assignment, "order must not matter"
+
+
+def test_an_unresolved_span_pattern_is_resolved_to_the_newest_span(tmp_path):
+    """What the executor does when no ExampleGen driver ran first (the open-source KFP backend)."""
+    config = Config().replace({"run.data_root": str(tmp_path)})
+    generate_sample(tmp_path, config, spans=2, scenes_per_span=1, size=48)
+    exec_properties = dict(SceneExampleGen(config).exec_properties)
+    resolved = resolve_newest_span(exec_properties)
+    (split,) = proto_utils.json_to_proto(resolved[standard_component_specs.INPUT_CONFIG_KEY],
+                                         example_gen_pb2.Input()).splits
+    assert split.pattern == "span-0002/*/*"
+    assert resolved["span"] == 2 and resolved["input_fingerprint"].startswith("split:scenes,num_files:3,")
+    assert resolve_newest_span(resolved) is resolved  # resolved by a driver: left alone

@@ -1,0 +1,75 @@
+"""`python -m bench.kubeflow_spec`: compile time, spec size, and the compiled spec run against LocalDagRunner.
+
+On the Kubeflow slow test's data (2 spans x 3 scenes of 96 px, `ingest.block_size: 16`, `model.epochs: 3`):
+imports and compile of `terrafuse kubeflow compile`, the spec's size and tasks, then the spec executed task by
+task with bench/kfp_launcher.py (a first run, then a rerun without a new span), and `run_local` on the same data
+and config in a fresh process. Prints JSON; docs/benchmarks.md records the numbers.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from bench.kfp_launcher import Launcher
+from pipeline.config import Config
+from synth.scenes import generate_sample
+
+
+def measure(work: Path) -> dict[str, Any]:
+    generate_sample(work / "data", Config(), spans=2, scenes_per_span=3, size=96, seed=1)
+    config = Config().replace({"ingest.block_size": 16, "model.epochs": 3, "run.data_root": str(work / "data"),
+                               "run.pipeline_root": str(work / "kubeflow"),
+                               "kubeflow.spec_file": str(work / "terrafuse.yaml")})
+    started = time.perf_counter()
+    from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner  # noqa: F401  (imports timed apart)
+
+    from pipeline import kubeflow
+    from pipeline.dag import create_pipeline  # noqa: F401
+
+    imported = time.perf_counter()
+    spec_file = kubeflow.compile_pipeline(config, project_dir_in_image=str(kubeflow.PROJECT_DIR))
+    compiled = time.perf_counter()
+    spec = kubeflow.load_spec(config)
+    executors = spec["deploymentSpec"]["executors"].values()
+
+    launcher = Launcher(spec_file, config.run.pipeline_root)
+    runs = {"first": launcher.run(), "no_new_span": launcher.run()}
+
+    from bench.measure import run_pipelines
+
+    local_config = config.replace({"run.pipeline_root": str(work / "local")})
+    local_process, (local,) = run_pipelines([local_config], work, "local", record=False)
+    first = runs["first"].seconds
+    return {
+        "import_seconds": imported - started,
+        "compile_seconds": compiled - imported,
+        "spec_bytes": spec_file.stat().st_size,
+        "spec_lines": len(spec_file.read_text().splitlines()),
+        "tasks": len(spec["root"]["dag"]["tasks"]),
+        "container_executors": sum("container" in executor for executor in executors),
+        "launcher": {name: {"ok": run.ok, "seconds": run.seconds, "states": run.states(),
+                            "task_seconds": {task: t.seconds for task, t in run.tasks.items()}}
+                     for name, run in runs.items()},
+        "local": {"ok": local["ok"], "process_seconds": local_process.seconds,
+                  "pipeline_seconds": local["pipeline_seconds"]},
+        "launcher_over_local_process": first / local_process.seconds,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.kubeflow_spec", description=__doc__.splitlines()[0])
+    parser.add_argument("--work-dir", type=Path, help="data, pipeline roots and logs (default: a new temporary folder)")
+    args = parser.parse_args(argv)
+    work = args.work_dir or Path(tempfile.mkdtemp(prefix="terrafuse-kubeflow-bench-"))
+    print(json.dumps(measure(work), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
