@@ -1,7 +1,8 @@
 """Runs a compiled KFP pipeline spec (schema 2.1) without Kubernetes, the way the open-source KFP backend drives it.
 
-Like that backend, it refuses a spec with executors other than containers and importers (TFX's `resolver`
-steps) before running anything, and it ignores `lifecycle.preCacheCheck` (TFX's ExampleGen driver).
+It refuses a spec with executors other than containers before running anything (that backend also runs
+importers, which TFX specs here do not use, and refuses TFX's `resolver` steps), and it ignores
+`lifecycle.preCacheCheck` (TFX's ExampleGen driver), as that backend does.
 
 Tasks of root.dag.tasks run in topological order. For each container task the launcher builds the ExecutorInput
 JSON a KFP launcher passes (inputs.artifacts with name, uri, type schema and metadata; inputs.parameterValues;

@@ -39,23 +39,24 @@ def model_source(model_dir: str) -> str:
     return resolve_path(model_dir)
 
 
-def published_version_of(model_dir: str, base_dir: str) -> str | None:
-    source = model_source(model_dir)
-    for version in model_versions(base_dir):
-        marker = os.path.join(base_dir, version, SOURCE_MARKER)
-        if os.path.exists(marker) and open(marker).read() == source:
-            return os.path.join(base_dir, version)
+def serving_version_of(model_dir: str, base_dir: str) -> str | None:
+    """The newest version, if it is this model: then there is nothing to publish."""
+    latest = latest_published(base_dir)
+    marker = os.path.join(latest, SOURCE_MARKER) if latest else None
+    if marker and os.path.exists(marker) and open(marker).read() == model_source(model_dir):
+        return latest
     return None
 
 
 def publish_atomically(model_dir: str, base_dir: str, version: int | None = None) -> str:
     """Copies model_dir to base_dir/<version>; the version folder exists only once the copy is complete.
 
-    A model already published (a rerun re-blessing a cached or reused model) keeps its version: nothing is copied.
+    A model that is already the newest version (a rerun re-blessing a cached or reused model) keeps it: nothing
+    is copied. One published earlier but since superseded is published again, so the blessed model serves.
     """
-    already = published_version_of(model_dir, base_dir)
+    already = serving_version_of(model_dir, base_dir)
     if already:
-        logging.info("Model %s is already published as %s", model_dir, already)
+        logging.info("Model %s is already the newest version, %s", model_dir, already)
         return already
     os.makedirs(base_dir, exist_ok=True)
     version = int(time.time()) if version is None else version

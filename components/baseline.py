@@ -2,8 +2,10 @@
 
 TFX's `Resolver(LatestBlessedModelStrategy)` compiles to KFP `resolver` steps that only Vertex AI executes; the
 open-source Kubeflow Pipelines backend refuses the run. The serving dir holds exactly the blessed, pushed models,
-so the newest version there is the baseline, on every runner. The candidate is an input so the lookup runs
-again whenever a new model is trained, and is cached with it otherwise.
+so the newest version there is the baseline, on every runner. The candidate and the gate config are its inputs,
+so the lookup runs again whenever the Evaluator would run again (a new model or new thresholds), and is cached
+with it otherwise: a rerun of an unchanged configuration keeps its earlier verdict even if another configuration
+published a model in between.
 """
 
 import logging
@@ -30,9 +32,11 @@ def PublishedBaseline(
     model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
     baseline: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Model],
     serving_dir: tfx.dsl.components.Parameter[str],
+    gate_json: tfx.dsl.components.Parameter[str],
 ) -> None:
-    """Copies the newest published model (or the candidate) into a Model artifact the Evaluator can load."""
+    """Copies the newest published model (or the candidate) into a Model artifact the Evaluator can load.
+    `gate_json` (the Evaluator's thresholds) is here for the cache: new thresholds, a new lookup."""
     source, why = baseline_source(path_utils.serving_model_path(model.uri), serving_dir)
-    logging.info("Evaluator baseline: %s", why)
+    logging.info("Evaluator baseline for the gate %s: %s", gate_json, why)
     io_utils.copy_dir(source, path_utils.serving_model_dir(baseline.uri))
     baseline.set_string_custom_property(BASELINE_SOURCE_PROPERTY, why)

@@ -186,13 +186,12 @@ def _record(report: GateReport, artifact: Artifact, gate: str) -> None:
 
 
 def data_provenance(examples: Artifact) -> dict[str, Any]:
-    """Which data the Trainer sees: the span and input fingerprint ExampleGen recorded (None when not recorded)."""
-    def read(name: str) -> Any:
-        return examples.get_custom_property(name) if examples.has_custom_property(name) else None
-
-    span = read(example_gen_utils.SPAN_PROPERTY_NAME)
-    return {"span": None if span is None else int(span),  # KFP hands metadata numbers over as floats
-            "input_fingerprint": read(example_gen_utils.FINGERPRINT_PROPERTY_NAME)}
+    """Which data the Trainer sees: the span and input fingerprint ExampleGen recorded (None when not recorded).
+    KFP hands metadata numbers over as floats; get_int_custom_property converts them."""
+    span, fingerprint = example_gen_utils.SPAN_PROPERTY_NAME, example_gen_utils.FINGERPRINT_PROPERTY_NAME
+    return {"span": examples.get_int_custom_property(span) if examples.has_custom_property(span) else None,
+            "input_fingerprint": examples.get_string_custom_property(fingerprint)
+            if examples.has_custom_property(fingerprint) else None}
 
 
 @tfx.dsl.components.component
@@ -220,6 +219,13 @@ def DataGate(
                    TRAINING_DATA_KEY: data_provenance(examples)}, f, sort_keys=True)
 
 
+def _training_record_or_none(model_dir: str) -> dict[str, Any] | None:
+    try:
+        return read_training_record(model_dir)
+    except FileNotFoundError:
+        return None
+
+
 @tfx.dsl.components.component
 def DriftGate(
     statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
@@ -231,11 +237,12 @@ def DriftGate(
     version in the serving dir: the blessed models, found the same way on every runner)."""
     config = Config.from_dict(json.loads(config_json))
     published = latest_published(serving_dir)
-    if published is None:
-        logging.info("Drift gate: nothing published in %s yet, nothing to compare with", serving_dir)
+    record = _training_record_or_none(published) if published else None
+    if record is None:
+        logging.warning("Drift gate: nothing to compare with: %s", f"{published} holds no training record (pushed by "
+                        f"hand?)" if published else f"nothing published in {serving_dir} yet")
         report = GateReport(label_counts={})
     else:
-        record = read_training_record(published)
         baseline = {int(k): int(v) for k, v in record["label_counts"]["train"].items()}
         logging.info("Drift gate: comparing with the training data of %s", published)
         report = evaluate_drift(config, _train_eval_counts(statistics, config)["train"], baseline)

@@ -67,7 +67,7 @@ class EvaluationSummary:
 
     per_class_recall: dict[str, float]  # class name -> argmax recall; NaN when the class had no eval examples
     macro_recall: float
-    macro_recall_change: float | None  # candidate minus baseline; None without a blessed baseline
+    macro_recall_change: float | None  # candidate minus baseline; None when evaluated without a baseline
     majority_prediction_share: float
     example_count: int
     blessed: bool

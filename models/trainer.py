@@ -66,7 +66,7 @@ def run_fn(fn_args) -> None:
         raise ValueError("Trainer needs the data gate's label counts as hyperparameters ({'train': ..., 'eval': ...})")
     config = Config.from_dict(fn_args.custom_config["config"])
     data = fn_args.hyperparameters.get(TRAINING_DATA_KEY)
-    key = training_key(data, fn_args.custom_config["config"])
+    key = training_key(data, fn_args.custom_config["config"], fn_args.custom_config.get("code"))
     reusable = reusable_model(fn_args.custom_config.get("serving_dir"), key)
     if reusable:
         logging.warning("No new data: the serving model %s was trained on span %s (input fingerprint %s) with this "
@@ -123,20 +123,26 @@ def run_fn(fn_args) -> None:
     export_serving_model(model, transform_output, config, fn_args.serving_model_dir, record)
 
 
-def training_key(data: dict[str, Any] | None, config: dict[str, Any]) -> str | None:
-    """Same span, same input files and same training config: the same model. None when the data's provenance
-    is unknown (then nothing is ever reused)."""
-    if not data or data.get("span") is None or not data.get("input_fingerprint"):
+def training_key(data: dict[str, Any] | None, config: dict[str, Any], code: str | None) -> str | None:
+    """Same span, same input files, same training config and same code (pipeline/dag.py fingerprints it): the
+    same model. None when the data's provenance or the code is unknown: then nothing is ever reused."""
+    if not data or data.get("span") is None or not data.get("input_fingerprint") or not code:
         return None
-    return hashlib.sha256(json.dumps({"data": data, "config": config}, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps({"data": data, "config": config, "code": code},
+                                     sort_keys=True).encode()).hexdigest()
 
 
 def reusable_model(serving_dir: str | None, key: str | None) -> str | None:
-    """The model serving now, if it was trained under `key`."""
+    """The model serving now, if it was trained under `key` (a version without a training record, e.g. pushed by
+    hand, never is)."""
     published = latest_published(serving_dir) if serving_dir and key else None
-    if published and read_training_record(published).get("training_key") == key:
-        return published
-    return None
+    if not published:
+        return None
+    try:
+        record = read_training_record(published)
+    except FileNotFoundError:
+        return None
+    return published if record.get("training_key") == key else None
 
 
 class MacroRecallCallback(tf_keras.callbacks.Callback):

@@ -1,9 +1,12 @@
 """The terrafuse DAG, top to bottom, shared by every runner (LocalDagRunner and KubeflowV2DagRunner)."""
 from __future__ import annotations
 
+import glob
+import hashlib
 import os
 
 from tfx import v1 as tfx
+from tfx.dsl.io import fileio
 from tensorflow_metadata.proto.v0 import path_pb2, schema_pb2
 
 from components.atomic_pusher import AtomicPusher
@@ -16,8 +19,25 @@ from pipeline.config import Config, ConfigError, resolve_path
 from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
 from transforms.features import LABEL, layout
 
-TRANSFORM_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "transforms", "preprocessing.py")
-TRAINER_MODULE = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "models", "trainer.py")
+PROJECT_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+TRANSFORM_MODULE = os.path.join(PROJECT_DIR, "transforms", "preprocessing.py")
+TRAINER_MODULE = os.path.join(PROJECT_DIR, "models", "trainer.py")
+# The code a trained model depends on besides its config: a change here means a different model.
+TRAINING_CODE = ("models", "transforms", "pipeline/config.py")
+
+
+def training_code_fingerprint(schema_path: str) -> str:
+    """sha256 of the training code and the schema, so the Trainer never reuses a model built by other code."""
+    digest = hashlib.sha256()
+    for entry in TRAINING_CODE:
+        full = os.path.join(PROJECT_DIR, entry)
+        for path in sorted(glob.glob(os.path.join(full, "*.py"))) if os.path.isdir(full) else [full]:
+            digest.update(os.path.relpath(path, PROJECT_DIR).encode())
+            with open(path, "rb") as f:
+                digest.update(f.read())
+    with fileio.open(schema_path, "rb") as f:  # the schema may be on a bucket
+        digest.update(f.read())
+    return digest.hexdigest()
 
 
 def schema_file(config: Config) -> str:
@@ -43,8 +63,12 @@ def label_skew_config(config: Config) -> tfx.proto.DistributionValidatorConfig:
 
 def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.Pipeline:
     """The whole DAG; runners add only where it runs (metadata store, orchestrator)."""
+    if "://" in config.serving_dir:
+        raise ConfigError(f"the serving dir {config.serving_dir} is a URI: it must be a POSIX path (a local disk or "
+                          f"a mounted volume), because a push is an atomic rename; set run.serving_dir")
+    schema = schema_file(config)
     example_gen = SceneExampleGen(config)
-    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema_file(config))
+    schema_gen = tfx.components.ImportSchemaGen(schema_file=schema)
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"]
     )
@@ -89,9 +113,10 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         eval_args=tfx.proto.EvalArgs(splits=["eval"]),
         custom_config={"config": config.restricted("streams", "ingest", "transform", "model").to_dict(),
                        # the Trainer reuses the serving model instead of training when no new data came
-                       "serving_dir": config.serving_dir},
+                       "serving_dir": config.serving_dir, "code": training_code_fingerprint(schema)},
     )
-    baseline = PublishedBaseline(model=trainer.outputs["model"], serving_dir=config.serving_dir)
+    baseline = PublishedBaseline(model=trainer.outputs["model"], serving_dir=config.serving_dir,
+                                 gate_json=config.restricted("gate").to_json())
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],

@@ -250,8 +250,8 @@ def schedule(config: Config, host: str | None = None, cron: str | None = None, c
              client_options: dict[str, Any] | None = None) -> str:
     """Creates a recurring run of the compiled spec: one run at a time, no backfill; returns its id.
 
-    Every scheduled run reads the newest span (the ExampleGen's span-{SPAN:4} pattern); one without a new span
-    is a KFP cache hit up to and including the Trainer (docs/kubeflow.md, "Scheduled runs and new spans").
+    Every scheduled run ingests the newest span (the ExampleGen runs uncached); one without a new span trains
+    nothing: the Trainer reuses the serving model (docs/kubeflow.md, "Scheduled runs and new spans").
     """
     cron = validate_cron(cron or config.kubeflow.cron)
     spec = load_spec(config)

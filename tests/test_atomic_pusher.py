@@ -63,3 +63,14 @@ def test_a_copy_of_a_published_version_is_that_version(tmp_path):
     assert publish_atomically(str(reused), str(serving), version=200) == first
     assert model_versions(str(serving)) == ["100"]
     assert atomic_pusher.latest_published(str(serving)) == first
+
+
+def test_a_superseded_model_blessed_again_is_published_again(tmp_path):
+    model, serving = _model(tmp_path), tmp_path / "serving"
+    other = tmp_path / "other"
+    shutil.copytree(model, other)
+    publish_atomically(str(model), str(serving), version=100)
+    publish_atomically(str(other), str(serving), version=200)
+    again = publish_atomically(str(model), str(serving), version=300)
+    assert model_versions(str(serving)) == ["100", "200", "300"]
+    assert atomic_pusher.latest_published(str(serving)) == again

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations")
-# The only nulls results.json may hold: the macro recall change of a run without a blessed baseline.
+# The only nulls results.json may hold: the macro recall change of an evaluation without a baseline.
 NULLABLE = {"macro_recall_change"}
 
 

@@ -4,7 +4,10 @@ import math
 import numpy as np
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 
-from components.data_gate import anomaly_messages, compare, evaluate, evaluate_drift, jensen_shannon
+from tfx.types import standard_artifacts
+
+from components.baseline import baseline_source
+from components.data_gate import anomaly_messages, compare, data_provenance, evaluate, evaluate_drift, jensen_shannon
 from pipeline.config import Config
 
 CONFIG = Config()
@@ -81,3 +84,23 @@ def test_anomaly_messages_name_feature_and_reason():
                     description="Unexpectedly large value: 512.")
     assert anomaly_messages(anomalies, "ExampleValidator (Split-eval)") == [
         "ExampleValidator (Split-eval): feature 'lidar_height': Unexpectedly large value: 512."]
+
+
+def test_data_provenance_reads_span_and_fingerprint_as_either_runner_records_them():
+    examples = standard_artifacts.Examples()
+    assert data_provenance(examples) == {"span": None, "input_fingerprint": None}
+    examples.set_int_custom_property("span", 0)  # LocalDagRunner: an int, and span 0 is a span
+    examples.set_string_custom_property("input_fingerprint", "split:scenes,num_files:9")
+    assert data_provenance(examples) == {"span": 0, "input_fingerprint": "split:scenes,num_files:9"}
+    examples.set_json_value_custom_property("span", 2.0)  # KFP: metadata numbers arrive as floats
+    assert data_provenance(examples)["span"] == 2
+
+
+def test_the_baseline_is_the_newest_published_version_else_the_candidate(tmp_path):
+    serving = tmp_path / "serving"
+    source, why = baseline_source("/models/candidate", str(serving))
+    assert source == "/models/candidate" and "nothing published" in why
+    for version in ("7", "12", ".staging-13-99"):
+        (serving / version).mkdir(parents=True)
+    source, why = baseline_source("/models/candidate", str(serving))
+    assert source == str(serving / "12") and why == f"published version {serving / '12'}"

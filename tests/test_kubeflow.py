@@ -19,6 +19,7 @@ from models.trainer import read_training_record
 from fake_kfp_server import FakeKfpServer
 from bench.kfp_launcher import EXECUTED, Launcher
 from pipeline import cli, kubeflow
+from pipeline.dag import create_pipeline, training_code_fingerprint
 from pipeline.config import Config, ConfigError
 from synth.scenes import generate_sample
 
@@ -156,6 +157,19 @@ def test_a_schema_outside_the_project_is_refused(config, tmp_path):
     with pytest.raises(ConfigError, match="outside the project"):
         kubeflow.compile_pipeline(config.replace({"run.schema_file": str(schema),
                                                   "kubeflow.spec_file": str(tmp_path / "spec.yaml")}))
+
+
+def test_a_serving_dir_on_an_object_store_is_refused_on_every_runner(config):
+    with pytest.raises(ConfigError, match="is a URI: it must be a POSIX path"):
+        create_pipeline(config.replace({"run.serving_dir": "gs://bucket/serving"}))
+
+
+def test_the_training_code_fingerprint_follows_the_schema_and_is_stable(tmp_path):
+    schema = kubeflow.PROJECT_DIR / "schemas" / "schema.pbtxt"
+    edited = tmp_path / "schema.pbtxt"
+    edited.write_text(schema.read_text() + "\n# edited\n")
+    assert training_code_fingerprint(str(schema)) == training_code_fingerprint(str(schema))
+    assert training_code_fingerprint(str(schema)) != training_code_fingerprint(str(edited))
 
 
 # The image

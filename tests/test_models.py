@@ -33,6 +33,7 @@ CONFIG = Config().replace({
     "ingest.patch_size": 3, "model.branch_filters": [8], "model.fused_filters": 8, "model.dense_units": 16,
     "model.epochs": 6, "model.batch_size": 32, "model.learning_rate": 0.01, "model.class_weights": "inverse",
 })
+CODE = "fingerprint-of-the-training-code"
 DATA = {"span": 3, "input_fingerprint": "split:scenes,num_files:9,total_bytes:1000,xor_checksum:7,sum_checksum:9"}
 TRAIN_PER_CLASS = [120, 60, 30, 30, 20, 20]
 EVAL_PER_CLASS = [30, 15, 10, 10, 8, 8]
@@ -143,7 +144,8 @@ def trained(tmp_path_factory):
         train_files=[os.path.join(root, "train*.gz")], eval_files=[os.path.join(root, "eval*.gz")],
         transform_graph_path=transform_graph, serving_model_dir=serving_model_dir,
         model_run_dir=os.path.join(root, "model_run"), hyperparameters={**counts, TRAINING_DATA_KEY: DATA},
-        custom_config={"config": CONFIG.to_dict(), "serving_dir": os.path.join(root, "nothing_published")})
+        custom_config={"config": CONFIG.to_dict(), "serving_dir": os.path.join(root, "nothing_published"),
+                       "code": CODE})
     run_fn(FnArgs(**fn_args))
     raw_eval_file = os.path.join(root, "raw_eval.tfrecord")
     with tf.io.TFRecordWriter(raw_eval_file) as writer:
@@ -197,7 +199,7 @@ def test_training_record_travels_with_the_model(trained):
     assert Config.from_dict(record["config"]) == CONFIG
     assert 1 <= record["best_epoch"] <= record["epochs_run"] <= CONFIG.model.epochs
     assert os.listdir(os.path.join(trained["root"], "model_run"))  # TensorBoard logs
-    assert record["data"] == DATA and record["training_key"] == training_key(DATA, CONFIG.to_dict())
+    assert record["data"] == DATA and record["training_key"] == training_key(DATA, CONFIG.to_dict(), CODE)
     with pytest.raises(FileNotFoundError, match="no training record"):
         read_training_record(trained["root"])
 
@@ -212,23 +214,32 @@ def test_no_new_data_reuses_the_serving_model_instead_of_training(trained, tmp_p
     monkeypatch.setattr(trainer_module, "build_model", no_training)
     reused = str(tmp_path / "reused" / "Format-Serving")
     run_fn(FnArgs(**{**trained["fn_args"], "serving_model_dir": reused,
-                     "custom_config": {"config": CONFIG.to_dict(), "serving_dir": serving}}))
+                     "custom_config": {"config": CONFIG.to_dict(), "serving_dir": serving, "code": CODE}}))
     assert read_training_record(reused) == read_training_record(published)
     assert publish_atomically(reused, serving) == published  # the push that follows adds no version
 
 
-def test_new_data_or_another_config_is_trained(trained, tmp_path):
+def test_new_data_another_config_or_other_code_is_trained(trained, tmp_path):
     serving = str(tmp_path / "serving")
     publish_atomically(trained["serving_model_dir"], serving)
     config = CONFIG.to_dict()
-    assert reusable_model(serving, training_key(DATA, config))
+    assert reusable_model(serving, training_key(DATA, config, CODE))
     new_span = {"span": 4, "input_fingerprint": DATA["input_fingerprint"]}
     changed_files = {**DATA, "input_fingerprint": DATA["input_fingerprint"].replace("1000", "1001")}
-    for key in (training_key(new_span, config), training_key(changed_files, config),
-                training_key(DATA, CONFIG.replace({"model.epochs": 7}).to_dict())):
+    for key in (training_key(new_span, config, CODE), training_key(changed_files, config, CODE),
+                training_key(DATA, CONFIG.replace({"model.epochs": 7}).to_dict(), CODE),
+                training_key(DATA, config, "other code")):
         assert key is not None and reusable_model(serving, key) is None
-    assert training_key({"span": 3, "input_fingerprint": None}, config) is None  # unknown data: never reused
-    assert reusable_model(str(tmp_path / "empty"), training_key(DATA, config)) is None
+    # unknown data or code: never reused
+    assert training_key({"span": 3, "input_fingerprint": None}, config, CODE) is None
+    assert training_key(DATA, config, None) is None
+    assert reusable_model(str(tmp_path / "empty"), training_key(DATA, config, CODE)) is None
+
+
+def test_a_version_without_training_record_is_never_reused(trained, tmp_path):
+    serving = tmp_path / "serving"
+    (serving / "100").mkdir(parents=True)  # pushed by hand: a SavedModel, no terrafuse record
+    assert reusable_model(str(serving), training_key(DATA, CONFIG.to_dict(), CODE)) is None
 
 
 def _analyze(config, models, raw_eval_file, output_path):
