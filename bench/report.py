@@ -12,7 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from bench.settings import TARGETS  # noqa: E402
 
-MIN_SEGMENT_SECONDS = 0.5  # components below this in every bar of components.png are drawn together
+MIN_SEGMENT_SECONDS = 0.5  # components below this in every bar of the components plot are drawn together
 PER_PATCH_TOLERANCE = 1.10  # "flat": the later marginal cost may be up to 10 % above the earlier one
 SMALL_SECONDS = 0.1  # components below this in both runs share one line of "Where the time goes"
 ISSUE_OF = {"ingest": 2, "pipeline": 3, "ablations": 5, "scaling": 5, "floor": 5}
@@ -297,7 +297,7 @@ def _ablations(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
         lines.append(f"| {run['seed']} | {_r(run['macro_recall'])} | {lowest} {_r(run['per_class_recall'][lowest])} "
                      f"| {_r(run['majority_prediction_share'])} | {'yes' if run['collapsed'] else 'no'} "
                      f"| {'no' if run['blessed'] else 'yes'} | {'; '.join(run['failures']) or 'none'} |")
-    return lines + ["", "![ablations](ablations.png)", ""]
+    return lines + ["", "![ablations](results.ablations.png)", ""]
 
 
 def _scaling(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
@@ -336,7 +336,7 @@ def _scaling(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
     ]
     lines += _run_rows({"in_memory": in_memory, "multi_processing": multi})
     lines += [""] + _component_rows({"in_memory": in_memory, "multi_processing": multi})
-    return lines + ["", "![scaling](scaling.png)", "", "![components](components.png)", ""]
+    return lines + ["", "![scaling](results.scaling.png)", "", "![components](results.components.png)", ""]
 
 
 def _floor(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
@@ -429,7 +429,8 @@ def _component_note(node: str, results: dict[str, Any]) -> str:
 
 
 def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
-    """scaling.png (time and memory against data size), components.png, ablations.png: those the data allows."""
+    """results.scaling.png (time and memory against data size), results.components.png and
+    results.ablations.png: those the data allows (named results.* as the benchmark's committed record)."""
     written = []
     scaling, floor = results.get("scaling", {}), results.get("floor", {})
     if "runs" in scaling:
@@ -454,9 +455,9 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
                 axes.set_xscale("log")
             axes.grid(alpha=0.3)
             axes.legend()
-        written.append(_save(fig, out_dir / "scaling.png"))
+        written.append(_save(fig, out_dir / "results.scaling.png"))
 
-        written.append(_save(_components_figure(scaling["runs"]), out_dir / "components.png"))
+        written.append(_save(_components_figure(scaling["runs"]), out_dir / "results.components.png"))
 
     ablations = results.get("ablations", {})
     if "cells" in ablations:
@@ -477,7 +478,7 @@ def plot(results: dict[str, Any], out_dir: Path) -> list[Path]:
                  title="Ablations: streams / normalization / class weights")
         axes.grid(alpha=0.3)
         axes.legend(fontsize="small")
-        written.append(_save(fig, out_dir / "ablations.png"))
+        written.append(_save(fig, out_dir / "results.ablations.png"))
     return written
 
 

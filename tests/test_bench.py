@@ -43,7 +43,8 @@ def test_results_json_has_every_section_and_number(out_dir):
     results = json.loads((out_dir / "results.json").read_text())
     for section in SMOKE_SECTIONS:
         assert "error" not in results[section], results[section]
-    assert (out_dir / "scaling.png").stat().st_size and (out_dir / "ablations.png").stat().st_size
+    for plot in ("results.scaling.png", "results.components.png", "results.ablations.png"):
+        assert (out_dir / plot).stat().st_size, plot
     assert nulls(results) == []
     assert results["machine"]["logical_cores"] >= 1 and "-m bench.run" in results["command"]
     assert results["ingest"]["sets"] and len(results["floor"]["rows"]) == 2 and len(results["scaling"]["runs"]) == 2
