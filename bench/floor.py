@@ -34,7 +34,7 @@ from components.scenes import load_scene, scene_dirs
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
-from models.trainer import VAL_MACRO_RECALL, MacroRecallCallback, batches
+from models.trainer import MAX_SHUFFLE_BUFFER, VAL_MACRO_RECALL, MacroRecallCallback
 from pipeline.config import Config, load_config
 from transforms.features import LIDAR_PREFIX, MULTISPECTRAL, layout
 from transforms.preprocessing import lidar_pretransform
@@ -132,12 +132,16 @@ def train_and_evaluate(values: np.ndarray, patches: Patches, config: Config) -> 
                             config.model.class_weights, config.model.effective_number_beta)
     tf_keras.utils.set_random_seed(config.model.seed)
     batch = config.model.batch_size
-    train_data = batches(model_inputs(values[train], config), patches.label_index[train], config, shuffle=True)
+    train_data = (tf.data.Dataset.from_tensor_slices((model_inputs(values[train], config),
+                                                      patches.label_index[train]))
+                  .shuffle(min(int(train.sum()), MAX_SHUFFLE_BUFFER), seed=config.model.seed,
+                           reshuffle_each_iteration=True)
+                  .batch(batch).prefetch(tf.data.AUTOTUNE))
     eval_inputs = model_inputs(values[evaluation], config)
-    eval_data = batches(eval_inputs, patches.label_index[evaluation], config, shuffle=False)
+    eval_data = tf.data.Dataset.from_tensor_slices((eval_inputs, patches.label_index[evaluation])).batch(batch)
     model = build_model(config)
     history = model.fit(
-        train_data, epochs=config.model.epochs, verbose=0, class_weight=weights,
+        train_data, validation_data=eval_data, epochs=config.model.epochs, verbose=0, class_weight=weights,
         callbacks=[MacroRecallCallback(eval_data, num_classes),
                    tf_keras.callbacks.EarlyStopping(monitor=VAL_MACRO_RECALL, mode="max",
                                                     patience=config.model.early_stopping_patience,

@@ -52,7 +52,8 @@ CLASS_INDEX = "class_index"
 CLASS_ID = "class_id"
 TRAINING_RECORD_PATH = os.path.join("assets.extra", "terrafuse_training.json")
 VAL_MACRO_RECALL = "val_macro_argmax_recall"
-PARSE_BATCH = 4096  # examples parsed per call when a split is read into memory
+# Serialized 9x9 patches of 7 channels are ~2.5 kB: 100k of them stay well under the Trainer's memory.
+MAX_SHUFFLE_BUFFER = 100_000
 TRAINING_DATA_KEY = "data"  # the hyperparameters' entry for the data's provenance
 
 
@@ -83,13 +84,15 @@ def run_fn(fn_args) -> None:
     tf_keras.utils.set_random_seed(config.model.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     streams = STREAMS_BY_MODE[config.model.streams]
-    train = batches(*_read_split(fn_args.train_files, transform_output, config, streams), config, shuffle=True)
-    evaluation = batches(*_read_split(fn_args.eval_files, transform_output, config, streams), config, shuffle=False)
+    train = _dataset(fn_args.train_files, transform_output, config, streams,
+                     shuffle_buffer=min(sum(counts["train"].values()), MAX_SHUFFLE_BUFFER))
+    evaluation = _dataset(fn_args.eval_files, transform_output, config, streams, shuffle_buffer=0)
 
     model = build_model(config)
     fit_started = time.perf_counter()
     history = model.fit(
         train,
+        validation_data=evaluation,
         epochs=config.model.epochs,
         verbose=2,  # one line per epoch: progress bars flood the pipeline's log
         class_weight=weights,
@@ -143,8 +146,7 @@ def reusable_model(serving_dir: str | None, key: str | None) -> str | None:
 
 
 class MacroRecallCallback(tf_keras.callbacks.Callback):
-    """Adds the eval split's macro argmax recall and loss to the epoch logs, for early stopping and TensorBoard,
-    from one pass over the eval split (Keras's own `validation_data` would make a second).
+    """Adds the eval split's macro argmax recall to the epoch logs, for early stopping and TensorBoard.
 
     Must come before the callbacks that read it. A class absent from the eval split is left out of the
     mean here (training goes on); the Evaluator's gate refuses such a model.
@@ -160,11 +162,9 @@ class MacroRecallCallback(tf_keras.callbacks.Callback):
         for features, label in self._evaluation:
             probabilities.append(self.model(features, training=False).numpy())
             labels.append(label.numpy())
-        labels, probabilities = np.concatenate(labels), np.concatenate(probabilities)
-        recalls = argmax_recalls(labels, probabilities, self._num_classes)
+        recalls = argmax_recalls(np.concatenate(labels), np.concatenate(probabilities), self._num_classes)
         logging.info("epoch %d eval argmax recall per class: %s", epoch + 1, np.round(recalls, 3).tolist())
         logs[VAL_MACRO_RECALL] = float(np.nanmean(recalls))
-        logs["val_loss"] = float(tf_keras.losses.sparse_categorical_crossentropy(labels, probabilities).numpy().mean())
 
 
 def _counts_by_id(split_counts: dict[str, Any], config: Config) -> dict[int, int]:
@@ -177,12 +177,13 @@ def _model_inputs(features: dict[str, tf.Tensor], config: Config, streams) -> di
     return {s: tf.reshape(tf.cast(features[s], tf.float32), [-1, *lay.stream_shape(s)]) for s in streams}
 
 
-def _read_split(file_patterns, transform_output: tft.TFTransformOutput, config: Config,
-                streams) -> tuple[dict[str, tf.Tensor], tf.Tensor]:
-    """(model inputs, label index) of a whole split of gzipped transformed TFRecords, parsed once into memory.
+def _dataset(file_patterns, transform_output: tft.TFTransformOutput, config: Config, streams,
+             shuffle_buffer: int) -> tf.data.Dataset:
+    """(features, label index) batches from gzipped transformed TFRecords.
 
-    Parsing every epoch cost more than the model's forward pass on these small patches; in memory a split takes
-    (channels x P x P x 4) bytes per example, 2.9 kB for 9 x 9 x 9.
+    Serialized records are cached and (for training) shuffled across the split (up to MAX_SHUFFLE_BUFFER)
+    before batching: examples arrive grouped by scene, and a short buffer would feed batches of one scene.
+    Parsing runs on batches, after `batch`.
     """
     patterns = [file_patterns] if isinstance(file_patterns, str) else list(file_patterns)
     files = sorted(f for pattern in patterns for f in tf.io.gfile.glob(pattern))
@@ -194,24 +195,11 @@ def _read_split(file_patterns, transform_output: tft.TFTransformOutput, config: 
         parsed = tf.io.parse_example(serialized, spec)
         return _model_inputs(parsed, config, streams), parsed[LABEL_INDEX]
 
-    parts = list(tf.data.TFRecordDataset(files, compression_type="GZIP").batch(PARSE_BATCH)
-                 .map(parse, num_parallel_calls=tf.data.AUTOTUNE))
-    inputs = {s: tf.concat([features[s] for features, _ in parts], axis=0) for s in streams}
-    return inputs, tf.concat([labels for _, labels in parts], axis=0)
-
-
-def batches(inputs: dict[str, Any], labels: Any, config: Config, shuffle: bool) -> tf.data.Dataset:
-    """(inputs, label index) batches of an in-memory split; for training, the whole split is reshuffled every
-    epoch (examples arrive grouped by scene, so a partial shuffle would feed batches of one scene). The floor
-    (bench/floor.py) batches its numpy arrays with this too."""
-    inputs = {name: tf.convert_to_tensor(values) for name, values in inputs.items()}
-    labels = tf.convert_to_tensor(labels)
-    indices = tf.data.Dataset.range(int(labels.shape[0]))
-    if shuffle:
-        indices = indices.shuffle(int(labels.shape[0]), seed=config.model.seed, reshuffle_each_iteration=True)
-    return (indices.batch(config.model.batch_size)
-            .map(lambda i: ({name: tf.gather(values, i) for name, values in inputs.items()}, tf.gather(labels, i)),
-                 num_parallel_calls=tf.data.AUTOTUNE)
+    records = tf.data.TFRecordDataset(files, compression_type="GZIP").cache()
+    if shuffle_buffer:
+        records = records.shuffle(shuffle_buffer, seed=config.model.seed, reshuffle_each_iteration=True)
+    return (records.batch(config.model.batch_size)
+            .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
 
