@@ -3,7 +3,7 @@
 On the Kubeflow slow test's data (2 spans x 3 scenes of 96 px, `ingest.block_size: 16`, `model.epochs: 3`):
 imports and compile of `terrafuse kubeflow compile`, the spec's size and tasks, then the spec executed task by
 task with bench/kfp_launcher.py (a first run, then a rerun without a new span), and `run_local` on the same data
-and config in a fresh process. Prints JSON; docs/benchmarks.md records the numbers.
+and config in a fresh process. Prints JSON (and writes it to --json); docs/benchmarks.md records the numbers.
 """
 from __future__ import annotations
 
@@ -65,9 +65,13 @@ def measure(work: Path) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.kubeflow_spec", description=__doc__.splitlines()[0])
     parser.add_argument("--work-dir", type=Path, help="data, pipeline roots and logs (default: a new temporary folder)")
+    parser.add_argument("--json", type=Path, help="also write the numbers here (TFX's wheel builds print to stdout)")
     args = parser.parse_args(argv)
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="terrafuse-kubeflow-bench-"))
-    print(json.dumps(measure(work), indent=2))
+    text = json.dumps(measure(work), indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
     return 0
 
 
