@@ -24,7 +24,7 @@ from tfx.types import Artifact
 
 from components.atomic_pusher import latest_published
 from models.class_weights import label_counts
-from models.trainer import TRAINING_DATA_KEY, read_training_record
+from models.trainer import TRAINING_DATA_KEY, training_record_or_none
 from pipeline.config import Config, ValidationConfig
 
 LABEL_COUNTS_FILE = "label_counts.json"
@@ -219,13 +219,6 @@ def DataGate(
                    TRAINING_DATA_KEY: data_provenance(examples)}, f, sort_keys=True)
 
 
-def _training_record_or_none(model_dir: str) -> dict[str, Any] | None:
-    try:
-        return read_training_record(model_dir)
-    except FileNotFoundError:
-        return None
-
-
 @tfx.dsl.components.component
 def DriftGate(
     statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
@@ -237,7 +230,7 @@ def DriftGate(
     version in the serving dir: the blessed models, found the same way on every runner)."""
     config = Config.from_dict(json.loads(config_json))
     published = latest_published(serving_dir)
-    record = _training_record_or_none(published) if published else None
+    record = training_record_or_none(published) if published else None
     if record is None:
         logging.warning("Drift gate: nothing to compare with: %s", f"{published} holds no training record (pushed by "
                         f"hand?)" if published else f"nothing published in {serving_dir} yet")

@@ -138,11 +138,8 @@ def reusable_model(serving_dir: str | None, key: str | None) -> str | None:
     published = latest_published(serving_dir) if serving_dir and key else None
     if not published:
         return None
-    try:
-        record = read_training_record(published)
-    except FileNotFoundError:
-        return None
-    return published if record.get("training_key") == key else None
+    record = training_record_or_none(published)
+    return published if record and record.get("training_key") == key else None
 
 
 class MacroRecallCallback(tf_keras.callbacks.Callback):
@@ -231,6 +228,14 @@ def export_serving_model(model: tf_keras.Model, transform_output: tft.TFTransfor
     tf.io.gfile.makedirs(os.path.dirname(record_path))
     with tf.io.gfile.GFile(record_path, "w") as f:
         json.dump(training_record, f, indent=2, sort_keys=True)
+
+
+def training_record_or_none(model_dir: str) -> dict[str, Any] | None:
+    """The record, or None for a model folder without one (e.g. a version pushed by hand)."""
+    try:
+        return read_training_record(model_dir)
+    except FileNotFoundError:
+        return None
 
 
 def read_training_record(serving_model_dir: str) -> dict[str, Any]:

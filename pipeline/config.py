@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout, or the image's /opt/terrafuse
+
 
 class ConfigError(ValueError):
     """A configuration value or file that cannot be used; the message names it."""

@@ -15,11 +15,10 @@ from components.data_gate import DataGate, DriftGate
 from components.distribution_validator import DistributionValidator
 from components.scene_example_gen import SceneExampleGen
 from models.evaluation import eval_config
-from pipeline.config import Config, ConfigError, resolve_path
+from pipeline.config import PROJECT_DIR, Config, ConfigError, resolve_path
 from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
 from transforms.features import LABEL, layout
 
-PROJECT_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 TRANSFORM_MODULE = os.path.join(PROJECT_DIR, "transforms", "preprocessing.py")
 TRAINER_MODULE = os.path.join(PROJECT_DIR, "models", "trainer.py")
 # The code a trained model depends on besides its config: a change here means a different model.

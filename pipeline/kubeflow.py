@@ -23,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.config import Config, ConfigError
+from pipeline.config import PROJECT_DIR, Config, ConfigError
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
 # Where the Dockerfile installs the project: the curated schema's path inside the image starts here.
 IMAGE_PROJECT_DIR = "/opt/terrafuse"
 # Spec 2.1: with 2.0 the file-based ExampleGen executor ignores the span its pre-cache-check driver resolved
