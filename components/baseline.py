@@ -2,29 +2,67 @@
 
 TFX's `Resolver(LatestBlessedModelStrategy)` compiles to KFP `resolver` steps that only Vertex AI executes; the
 open-source Kubeflow Pipelines backend refuses the run. The serving dir holds exactly the blessed, pushed models,
-so the newest version there is the baseline, on every runner. The candidate and the gate config are its inputs,
+so the newest version there is the baseline, on every runner. The candidate and the config are its inputs,
 so the lookup runs again whenever the Evaluator would run again (a new model or new thresholds), and is cached
 with it otherwise: a rerun of an unchanged configuration keeps its earlier verdict even if another configuration
 published a model in between.
+
+A serving model is a baseline only if its recalls mean the same thing: the same class table, bands, LiDAR
+channels and patch size, read from its training record. Otherwise the candidate is its own baseline, so the
+change checks pass by construction and only the absolute checks (floors, evidence, majority excess) judge it.
 """
 
+import json
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 from tfx import v1 as tfx
 from tfx.utils import io_utils, path_utils
 
 from components.atomic_pusher import latest_published
+from models.trainer import training_record_or_none
+from pipeline.config import Config
 
-BASELINE_SOURCE_PROPERTY = "baseline_source"
+BASELINE_SOURCE_PROPERTY = "baseline_source"  # why this baseline, in words (for the run summary)
+BASELINE_COMPARABLE_PROPERTY = "baseline_comparable"  # 1: the serving model; 0: the candidate itself
 
 
-def baseline_source(candidate_dir: str, serving_dir: str) -> tuple[str, str]:
-    """(model folder, why): the newest published version, else the candidate itself, whose comparison with
-    itself passes the change thresholds (the absolute per-class floors still apply)."""
+def compatibility_problems(record: dict[str, Any] | None, config: Config) -> list[str]:
+    """Why a model with this training record cannot be compared with one trained under `config` (empty: it can).
+    A model without a record (pushed by hand, or by older code) is never comparable."""
+    if record is None:
+        return ["it has no terrafuse training record"]
+    trained = record.get("config", {})
+    pairs = (
+        ("class ids", [entry.get("id") for entry in record.get("class_table", [])], list(config.class_ids)),
+        ("multispectral bands", trained.get("streams", {}).get("multispectral_bands"),
+         list(config.streams.multispectral_bands)),
+        ("LiDAR channels", trained.get("streams", {}).get("lidar_channels"), list(config.streams.lidar_channels)),
+        ("patch size", trained.get("ingest", {}).get("patch_size"), config.ingest.patch_size),
+    )
+    return [f"{what} {theirs} (serving) vs {ours} (this run)" for what, theirs, ours in pairs if theirs != ours]
+
+
+@dataclass(frozen=True)
+class BaselineChoice:
+    model_dir: str
+    comparable: bool  # False: the candidate is its own baseline
+    why: str
+
+
+def choose_baseline(candidate_dir: str, serving_dir: str, config: Config) -> BaselineChoice:
+    """The newest published version if it is comparable with `config`, else the candidate itself."""
     published = latest_published(serving_dir)
-    if published:
-        return published, f"published version {published}"
-    return candidate_dir, f"nothing published in {serving_dir} yet: the candidate is its own baseline"
+    if not published:
+        return BaselineChoice(candidate_dir, False,
+                              f"nothing published in {serving_dir} yet: the candidate is its own baseline")
+    problems = compatibility_problems(training_record_or_none(published), config)
+    if problems:
+        return BaselineChoice(candidate_dir, False,
+                              f"published version {published} is not comparable ({'; '.join(problems)}): the "
+                              "candidate is its own baseline, only the absolute checks judge it")
+    return BaselineChoice(published, True, f"published version {published}")
 
 
 @tfx.dsl.components.component
@@ -32,11 +70,13 @@ def PublishedBaseline(
     model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
     baseline: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Model],
     serving_dir: tfx.dsl.components.Parameter[str],
-    gate_json: tfx.dsl.components.Parameter[str],
+    config_json: tfx.dsl.components.Parameter[str],
 ) -> None:
-    """Copies the newest published model (or the candidate) into a Model artifact the Evaluator can load.
-    `gate_json` (the Evaluator's thresholds) is here for the cache: new thresholds, a new lookup."""
-    source, why = baseline_source(path_utils.serving_model_path(model.uri), serving_dir)
-    logging.info("Evaluator baseline for the gate %s: %s", gate_json, why)
-    io_utils.copy_dir(source, path_utils.serving_model_dir(baseline.uri))
-    baseline.set_string_custom_property(BASELINE_SOURCE_PROPERTY, why)
+    """Copies the baseline (`choose_baseline`) into a Model artifact the Evaluator can load. `config_json` is
+    `config.restricted("streams", "ingest", "gate")`: what comparability needs, and the gate for the cache."""
+    choice = choose_baseline(path_utils.serving_model_path(model.uri), serving_dir,
+                             Config.from_dict(json.loads(config_json)))
+    logging.info("Evaluator baseline: %s", choice.why)
+    io_utils.copy_dir(choice.model_dir, path_utils.serving_model_dir(baseline.uri))
+    baseline.set_string_custom_property(BASELINE_SOURCE_PROPERTY, choice.why)
+    baseline.set_int_custom_property(BASELINE_COMPARABLE_PROPERTY, int(choice.comparable))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy.ndimage import minimum_filter
 
 from components.scenes import SceneRasters
 from pipeline.config import Config
@@ -18,26 +19,34 @@ from transforms.features import BLOCK_ID, COL, LABEL, ROW, SCENE_ID, layout
 _EXAMPLES_PER_CHUNK = 2048
 
 
-def sample_pixels(labels: np.ndarray, config: Config, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def window_valid(valid: np.ndarray, patch_size: int, outside_valid: bool = False) -> np.ndarray:
+    """Pixels whose P x P window is valid at every pixel. With `outside_valid`, pixels beyond the raster's
+    edge count as valid (to tell what a stream masked from what the edge did); without, they do not."""
+    window = minimum_filter(np.ascontiguousarray(valid).view(np.uint8), size=patch_size, mode="constant",
+                            cval=int(outside_valid))
+    return window.view(bool)
+
+
+def sample_pixels(labels: np.ndarray, valid: np.ndarray, config: Config,
+                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Labelled pixels to cut patches around, at most config.ingest.max_per_class per class (0 = all).
 
-    Pixels closer than P // 2 to the raster edge are skipped rather than padded: every value in a patch is
-    an observation, so the model never learns from fabricated borders. Rows and columns come back in
-    row-major order; the draw depends only on `rng`, so a seeded generator repeats it.
+    Only pixels whose whole P x P window is `valid` (every stream observed there) qualify, and windows that
+    would reach beyond the raster's edge are skipped rather than padded: every value in a patch is an
+    observation, so the model never learns from fabricated borders or filled gaps. Rows and columns come
+    back in row-major order; the draw depends only on `rng`, so a seeded generator repeats it.
     """
-    half = config.ingest.patch_size // 2
-    height, width = labels.shape
-    interior = labels[half:height - half, half:width - half]
+    width = labels.shape[1]
+    flat = np.flatnonzero(window_valid(valid, config.ingest.patch_size) & (labels != 0))
+    flat_labels = labels.ravel()[flat]
     cap = config.ingest.max_per_class
     chosen = []
     for class_id in config.class_ids:
-        rows, cols = np.nonzero(interior == class_id)
-        flat = (rows + half) * width + (cols + half)
-        if cap and flat.size > cap:
-            flat = rng.choice(flat, size=cap, replace=False)
-        chosen.append(flat)
-    flat = np.sort(np.concatenate(chosen))
-    return np.divmod(flat, width)
+        of_class = flat[flat_labels == class_id]
+        if cap and of_class.size > cap:
+            of_class = rng.choice(of_class, size=cap, replace=False)
+        chosen.append(of_class)
+    return np.divmod(np.sort(np.concatenate(chosen)), width)
 
 
 def extract_patches(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, patch_size: int) -> np.ndarray:
@@ -57,10 +66,34 @@ def extract_patches(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, patch
 
 
 def block_ids(scene_id: str, rows: np.ndarray, cols: np.ndarray, block_size: int) -> list[bytes]:
-    """Spatial tile of each pixel: the unit train/eval splitting hashes on, so neighbours share a split."""
+    """Spatial tile of each pixel: the unit the split deals to train, validation and test."""
     prefix = scene_id.encode()
     return [b"%s/%d_%d" % (prefix, r, c)
             for r, c in zip((np.asarray(rows) // block_size).tolist(), (np.asarray(cols) // block_size).tolist())]
+
+
+def window_block_ids(scene_id: str, rows: np.ndarray, cols: np.ndarray, block_size: int,
+                     patch_size: int) -> list[tuple[bytes, ...]]:
+    """Per patch, the distinct blocks its window touches, the centre's first: up to four, as a block is at
+    least a window wide. A patch may be kept only where all of them share one split."""
+    half = patch_size // 2
+    rows, cols = np.asarray(rows, np.int64), np.asarray(cols, np.int64)
+    block_row, block_col = rows // block_size, cols // block_size
+    # Whether the window reaches the block above, below, left, right: with the centre's block, one code.
+    reaches = np.stack([(rows - half) // block_size < block_row, (rows + half) // block_size > block_row,
+                        (cols - half) // block_size < block_col, (cols + half) // block_size > block_col])
+    flags = (reaches * np.array([[1], [2], [4], [8]])).sum(axis=0)
+    codes = ((block_row * (block_col.max(initial=0) + 1) + block_col) << 4) | flags
+    _, first, inverse = np.unique(codes, return_index=True, return_inverse=True)
+    prefix = scene_id.encode()
+    keys = []
+    for i in first.tolist():
+        centre_row, centre_col = int(block_row[i]), int(block_col[i])
+        up, down, left, right = reaches[:, i].tolist()
+        touched_rows = [centre_row] + [centre_row - 1] * up + [centre_row + 1] * down
+        touched_cols = [centre_col] + [centre_col - 1] * left + [centre_col + 1] * right
+        keys.append(tuple(b"%s/%d_%d" % (prefix, r, c) for r in touched_rows for c in touched_cols))
+    return [keys[i] for i in inverse.tolist()]
 
 
 def encode_examples(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray, config: Config) -> list[bytes]:

@@ -1,10 +1,15 @@
 """Scene ExampleGen: a file-based TFX ExampleGen whose Beam source is one scene folder per element.
 
-Each scene's streams are aligned on the multispectral grid, labelled pixels are sampled and cut into patches
-(components.scenes / components.patches). Train and eval are split on whole blocks (`block_id`, a coarse
-spatial tile), so neighbouring patches never straddle the split, and the blocks are dealt so that every class
-has the configured eval share (see assign_blocks). A bad scene never stops the others being read: every bad scene
-of the run is reported together, then the run fails (or, with `ingest.on_bad_scene: skip`, goes on without them).
+Each scene's streams are aligned on the multispectral grid with a validity mask each, labelled pixels whose
+whole window is valid in every stream are sampled and cut into patches (components.scenes /
+components.patches). Whole blocks (`block_id`, a coarse spatial tile) are dealt to train, validation and test
+so that every class gets each split's share (see assign_blocks), and a patch whose window reaches into a block
+of another split is dropped: no validation or test window overlaps a training window. `ingest.split_by: scene`
+deals whole scenes instead. A bad scene never stops the others being read: every bad scene of the run (one that
+cannot be read, one whose valid pixels are too few, one whose band scale disagrees with the rest of its span)
+is reported together, then the run fails (or, with `ingest.on_bad_scene: skip`, goes on without them).
+What ingestion kept and lost is written to `ingest_report.json` at the root of the Examples artifact and set
+as its `ingest_report` custom property.
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import json
 import logging
 import os
 import zlib
+from collections import Counter
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Any, Iterable
 
 import apache_beam as beam
@@ -26,21 +33,31 @@ from tfx.components.example_gen.base_example_gen_executor import BaseExampleGenE
 from tfx.dsl.components.base import executor_spec
 from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
-from tfx.types import standard_component_specs
+from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.patches import block_ids, encode_examples, sample_pixels
-from components.scenes import SceneError, load_scene, scene_dirs
-from pipeline.config import Config, resolve_path
+from components.patches import encode_examples, sample_pixels, window_block_ids, window_valid
+from components.scenes import SceneError, SceneRasters, load_scene, scene_dirs
+from pipeline.config import SPLITS, TRAIN, Config, resolve_path
 from transforms.features import BLOCK_ID
 
+# At the root of the Examples artifact, and the artifact's string custom property holding the same JSON.
+INGEST_REPORT_FILE = "ingest_report.json"
+INGEST_REPORT_PROPERTY = "ingest_report"
+
 _ERRORS = "errors"
-_BLOCK_COUNTS = "block_counts"
+_SUMMARIES = "summaries"
 _EXAMPLES = "examples"
+# Partitions after the splits (in SPLITS order): patches the buffer drops, and patches of bad scenes left out.
+BUFFER_DROPPED = len(SPLITS)
+BAD_SCENE_LEFT_OUT = len(SPLITS) + 1
+_TRAIN_INDEX = SPLITS.index(TRAIN)
+# Below this many scenes, the median of the others' band medians cannot say which scene is off.
+MIN_SCENES_FOR_BAND_CHECK = 3
 
 
 class BadScenesError(RuntimeError):
-    """Raised once per run with every bad scene's problem."""
+    """Raised once per run: every bad scene's problem, or too few scenes to deal to the splits."""
 
 
 def custom_config_proto(config: Config) -> example_gen_pb2.CustomConfig:
@@ -64,53 +81,148 @@ def scene_rng(config: Config, scene_id: str) -> np.random.Generator:
 
 
 @dataclass
+class SceneSummary:
+    """What the global step needs of a scene that was read: to deal the splits and check band scales."""
+
+    scene_id: str
+    multispectral_file: str
+    unit_counts: dict[bytes, np.ndarray]  # label counts of the patch centres per split unit (block or scene)
+    band_medians: tuple[float, ...]  # per multispectral band (config order) over its valid pixels
+    report: dict[str, Any]  # the scene's entry in the ingest report
+
+
+@dataclass
 class SceneExamples:
     serialized: list[bytes]
-    blocks: list[bytes]  # block_id of each example
-    labels: np.ndarray  # raw class id of each example
+    keys: list[tuple[str, int, tuple[bytes, ...]]]  # per example: scene id, class id, split units its window touches
+    summary: SceneSummary
+
+
+def sample_scene(scene_dir: str, config: Config) -> tuple[SceneRasters, np.ndarray, np.ndarray, dict[str, Any]]:
+    """The scene's rasters, the pixels to cut patches around and its ingest report entry.
+
+    Raises SceneError naming the scene and file on bad input, including a scene whose labelled pixels have a
+    valid window in every stream less often than `ingest.min_valid_share`.
+    """
+    rasters = load_scene(scene_dir, config)
+    valid = rasters.multispectral_valid & rasters.lidar_valid
+    rows, cols = sample_pixels(rasters.labels, valid, config, scene_rng(config, rasters.scene_id))
+    report = scene_report(rasters, valid, len(rows), config)
+    if report["valid_share"] is not None and report["valid_share"] < config.ingest.min_valid_share:
+        raise _too_few_valid(rasters, report, config)
+    return rasters, rows, cols, report
+
+
+def scene_report(rasters: SceneRasters, valid: np.ndarray, patches: int, config: Config) -> dict[str, Any]:
+    """What the masks did to one scene; valid_share is None for a scene without labelled pixels."""
+    labelled = rasters.labels != 0
+    n_labelled = int(np.count_nonzero(labelled))
+    n_valid = int(np.count_nonzero(labelled & window_valid(valid, config.ingest.patch_size)))
+    return {
+        "labelled_pixels": n_labelled,
+        "valid_labelled_pixels": n_valid,
+        "valid_share": n_valid / n_labelled if n_labelled else None,
+        "masked_pixels": {"multispectral": int(np.count_nonzero(~rasters.multispectral_valid)),
+                          "lidar": int(np.count_nonzero(~rasters.lidar_valid)),
+                          "labels": int(np.count_nonzero(~rasters.labels_valid))},
+        "lidar_filled_cells": dict(rasters.filled_cells),
+        "patches": patches,
+    }
+
+
+def _too_few_valid(rasters: SceneRasters, report: dict[str, Any], config: Config) -> SceneError:
+    """The error of a scene under min_valid_share, naming the file whose mask cost the most windows."""
+    size = config.ingest.patch_size
+    labelled = rasters.labels != 0
+    lost = {
+        "lidar": (np.count_nonzero(labelled & ~window_valid(rasters.lidar_valid, size, outside_valid=True)),
+                  f"LiDAR cells with no return within ingest.max_lidar_gap_m {config.ingest.max_lidar_gap_m:g} m"),
+        "multispectral": (np.count_nonzero(labelled & ~window_valid(rasters.multispectral_valid, size,
+                                                                    outside_valid=True)),
+                          "nodata, masked or non-finite multispectral pixels"),
+        "edge": (np.count_nonzero(labelled & ~window_valid(np.ones(labelled.shape, bool), size)),
+                 "beyond the raster's edge"),
+    }
+    worst = max(lost, key=lambda stream: lost[stream][0])
+    causes = ", ".join(f"{what}: {n:,}" for n, what in sorted(lost.values(), reverse=True))
+    return SceneError(
+        rasters.scene_id, rasters.files["multispectral" if worst == "edge" else worst],
+        f"only {report['valid_share']:.1%} of its {report['labelled_pixels']:,} labelled pixels have a "
+        f"{size} x {size} window valid in every stream (ingest.min_valid_share {config.ingest.min_valid_share:.0%}); "
+        f"windows reaching {causes}",
+    )
+
+
+def split_units(scene_id: str, rows: np.ndarray, cols: np.ndarray, config: Config) -> list[tuple[bytes, ...]]:
+    """Per patch, the units the split deals that its window touches, the centre's first: blocks, or the scene."""
+    if config.ingest.split_by == "scene":
+        return [(scene_id.encode(),)] * len(rows)
+    return window_block_ids(scene_id, rows, cols, config.ingest.block_size, config.ingest.patch_size)
+
+
+def band_medians(rasters: SceneRasters) -> tuple[float, ...]:
+    """Per band, the median over valid pixels: the scale the scene was delivered in (band_scale_outliers)."""
+    valid = rasters.multispectral_valid
+    if not valid.any():
+        return (float("nan"),) * len(rasters.multispectral)
+    if valid.all():
+        return tuple(np.median(rasters.multispectral.reshape(len(rasters.multispectral), -1), axis=1).tolist())
+    return tuple(float(np.median(band[valid])) for band in rasters.multispectral)
 
 
 def scene_examples(scene_dir: str, config: Config) -> SceneExamples:
     """Every example of one scene; raises SceneError naming the scene and file on bad input."""
-    rasters = load_scene(scene_dir, config)
-    rows, cols = sample_pixels(rasters.labels, config, scene_rng(config, rasters.scene_id))
-    if rasters.filled_cells:
-        logging.info("scene %s: LiDAR cells without points filled: %s", rasters.scene_id, rasters.filled_cells)
-    logging.info("scene %s: %d patches", rasters.scene_id, len(rows))
+    rasters, rows, cols, report = sample_scene(scene_dir, config)
+    labels = rasters.labels[rows, cols]
+    units = split_units(rasters.scene_id, rows, cols, config)
+    logging.info("scene %s: %d patches; %d of %d labelled pixels have a valid window; masked pixels %s; LiDAR "
+                 "cells filled %s", rasters.scene_id, len(rows), report["valid_labelled_pixels"],
+                 report["labelled_pixels"], report["masked_pixels"], report["lidar_filled_cells"])
+    summary = SceneSummary(rasters.scene_id, rasters.files["multispectral"],
+                           unit_label_counts(units, labels, config.class_ids), band_medians(rasters), report)
     return SceneExamples(
         serialized=encode_examples(rasters, rows, cols, config),
-        blocks=block_ids(rasters.scene_id, rows, cols, config.ingest.block_size),
-        labels=rasters.labels[rows, cols],
+        keys=[(rasters.scene_id, label, touched) for label, touched in zip(labels.tolist(), units)],
+        summary=summary,
     )
 
 
-def block_label_counts(examples: SceneExamples, class_ids: tuple[int, ...]) -> dict[bytes, np.ndarray]:
+def unit_label_counts(units: list[tuple[bytes, ...]], labels: np.ndarray,
+                      class_ids: tuple[int, ...]) -> dict[bytes, np.ndarray]:
+    """Label counts per split unit of the patch centres (the first unit of each patch)."""
     index = {class_id: i for i, class_id in enumerate(class_ids)}
     counts: dict[bytes, np.ndarray] = {}
-    for block, label in zip(examples.blocks, examples.labels.tolist()):
-        counts.setdefault(block, np.zeros(len(class_ids), np.int64))[index[label]] += 1
+    for (unit, label), n in Counter(zip(map(itemgetter(0), units), np.asarray(labels).tolist())).items():
+        counts.setdefault(unit, np.zeros(len(class_ids), np.int64))[index[label]] = n
     return counts
 
 
 def assign_blocks(block_counts: dict[bytes, np.ndarray], fractions: list[float]) -> dict[bytes, int]:
-    """Split index per block, so that each split holds its fraction of every class.
+    """Split index per unit (a block, or a scene with split_by: scene), so that each split holds its fraction
+    of every class.
 
-    Blocks are visited in the order of a hash of their id (reproducible, independent of scene order) and each
+    Units are visited in the order of a hash of their id (reproducible, independent of scene order) and each
     goes to the split whose per-class shortfall it reduces most, relative to each class's total so rare
-    classes count as much as common ones. A plain hash split leaves the label mix to chance: on the sample
-    scenes its train-vs-eval L-infinity distance ranged from 0.04 to 0.32 with the seed.
+    classes count as much as common ones; the last units go to splits still empty, so none is left without
+    data while units remain. A plain hash split leaves the label mix to chance: on the sample scenes its
+    train-vs-held-out L-infinity distance ranged from 0.04 to 0.32 with the seed.
     """
     if not block_counts:
         return {}
     totals = np.maximum(np.sum(list(block_counts.values()), axis=0), 1).astype(float)
     targets = np.outer(fractions, totals)
     filled = np.zeros_like(targets)
+    units = np.zeros(len(fractions), np.int64)
     assignment = {}
-    for block in sorted(block_counts, key=lambda block: hashlib.sha256(block).digest()):
+    order = sorted(block_counts, key=lambda block: hashlib.sha256(block).digest())
+    for position, block in enumerate(order):
         counts = block_counts[block]
         relief = ((np.abs(filled - targets) - np.abs(filled + counts - targets)) / totals).sum(axis=1)
+        if len(order) - position <= np.count_nonzero(units == 0):
+            relief[units > 0] = -np.inf
         split = int(np.argmax(relief))
         filled[split] += counts
+        units[split] += 1
         assignment[block] = split
     return assignment
 
@@ -123,8 +235,116 @@ def merge_block_counts(parts: Iterable[dict[bytes, np.ndarray]]) -> dict[bytes, 
     return merged
 
 
+def band_scale_outliers(summaries: list[SceneSummary], config: Config) -> dict[str, str]:
+    """Scene id -> problem, for scenes whose median of a band differs from the median of the other scenes'
+    medians by `ingest.max_scene_band_ratio` or more, either way: an 8-bit, unscaled or mis-scaled delivery."""
+    if len(summaries) < MIN_SCENES_FOR_BAND_CHECK:
+        logging.warning("Band scales not compared across scenes: %d scene(s) read, the check needs at least %d",
+                        len(summaries), MIN_SCENES_FOR_BAND_CHECK)
+        return {}
+    limit = config.ingest.max_scene_band_ratio
+    medians = np.array([summary.band_medians for summary in summaries], float)
+    outliers = {}
+    for i, summary in enumerate(summaries):
+        rest = np.nanmedian(np.delete(medians, i, axis=0), axis=0)
+        problems = []
+        for band, own, others in zip(config.streams.multispectral_bands, medians[i], rest):
+            ratio = _scale_ratio(own, others)
+            if ratio >= limit:
+                problems.append(f"band {band} median {own:,.1f} vs {others:,.1f}")
+        if problems:
+            outliers[summary.scene_id] = str(SceneError(
+                summary.scene_id, summary.multispectral_file,
+                f"{', '.join(problems)} in the rest of the span (a factor of {limit:g} or more: "
+                f"ingest.max_scene_band_ratio); an 8-bit or unscaled delivery?"))
+    return outliers
+
+
+def _scale_ratio(a: float, b: float) -> float:
+    """max(a/b, b/a) for non-negative medians; 1 where either is unknown (NaN)."""
+    if np.isnan(a) or np.isnan(b):
+        return 1.0
+    if min(a, b) <= 0:
+        return 1.0 if max(a, b) <= 0 else float("inf")
+    return max(a / b, b / a)
+
+
+@dataclass
+class SplitPlan:
+    """The global decision: which split each unit is dealt to, and which scenes are left out."""
+
+    split_by: str
+    assignment: dict[bytes, int]  # unit -> index into SPLITS; units without a patch centre are train's
+    left_out: frozenset[str]  # scenes read but bad (on_bad_scene: skip): their patches are dropped
+    bad_scenes: list[str]  # every bad scene's problem, read errors first
+    scenes: dict[str, dict[str, Any]]  # report entries of the scenes whose patches are used
+
+    def split_index(self, key: tuple[str, int, tuple[bytes, ...]]) -> int:
+        """Index into SPLITS; BUFFER_DROPPED if the window touches a unit of another split; BAD_SCENE_LEFT_OUT."""
+        scene_id, _, units = key
+        if scene_id in self.left_out:
+            return BAD_SCENE_LEFT_OUT
+        split = self.assignment.get(units[0], _TRAIN_INDEX)
+        if any(self.assignment.get(unit, _TRAIN_INDEX) != split for unit in units[1:]):
+            return BUFFER_DROPPED
+        return split
+
+
+def plan_splits(errors: list[str], summaries: list[SceneSummary], fractions: list[float], config: Config) -> SplitPlan:
+    """Checks band scales across scenes, fails on bad scenes (or leaves them out) and deals the units."""
+    outliers = band_scale_outliers(summaries, config)
+    bad_scenes = sorted(errors) + [outliers[scene] for scene in sorted(outliers)]
+    report_bad_scenes(bad_scenes, len(errors) + len(summaries), config.ingest.on_bad_scene)
+    good = sorted((s for s in summaries if s.scene_id not in outliers), key=lambda s: s.scene_id)
+    if config.ingest.split_by == "scene" and len(good) < len(SPLITS):
+        raise BadScenesError(f"ingest.split_by: scene deals whole scenes to {len(SPLITS)} splits "
+                             f"({', '.join(SPLITS)}), but only {len(good)} good scene(s) were read; "
+                             f"use ingest.split_by: block")
+    assignment = assign_blocks(merge_block_counts(s.unit_counts for s in good), fractions)
+    return SplitPlan(config.ingest.split_by, assignment, frozenset(outliers), bad_scenes,
+                     {s.scene_id: s.report for s in good})
+
+
+def ingest_report(plan: SplitPlan, counts: list[tuple[tuple[int, int], int]], config: Config) -> dict[str, Any]:
+    """The report from the plan and the patches counted per (split index, class id).
+
+    The patches of the scenes listed sum to the patches of every split plus those the buffer dropped.
+    """
+    names = dict(zip(config.class_ids, config.class_names))
+    per_class = {split: dict.fromkeys(config.class_names, 0) for split in SPLITS}
+    dropped = 0
+    for (index, class_id), n in counts:
+        if index == BUFFER_DROPPED:
+            dropped += n
+        elif index < len(SPLITS):
+            per_class[SPLITS[index]][names[class_id]] += n
+    return {
+        "split_by": plan.split_by,
+        "scenes": plan.scenes,
+        "bad_scenes": plan.bad_scenes,
+        "buffer_dropped": dropped,
+        "patches_per_split": {split: sum(by_class.values()) for split, by_class in per_class.items()},
+        "patches_per_class": per_class,
+    }
+
+
+def write_ingest_report(plan: SplitPlan, counts: list[tuple[tuple[int, int], int]], examples_uri: str,
+                        config: Config) -> None:
+    report = ingest_report(plan, counts, config)
+    with fileio.open(os.path.join(examples_uri, INGEST_REPORT_FILE), "w") as f:
+        f.write(json.dumps(report, indent=1, sort_keys=True))
+    logging.info("Ingestion: %s patches per split, %d dropped by the buffer between splits",
+                 report["patches_per_split"], report["buffer_dropped"])
+
+
+def read_ingest_report(examples_uri: str) -> dict[str, Any]:
+    """The ingest report of an Examples artifact written by SceneExampleGen."""
+    with fileio.open(os.path.join(examples_uri, INGEST_REPORT_FILE)) as f:
+        return json.loads(f.read())
+
+
 class _ReadScene(beam.DoFn):
-    """Emits (block_id, serialized example) and, tagged, the scene's label counts per block or its error."""
+    """Emits ((scene, label, units), serialized example) and, tagged, the scene's summary or its error."""
 
     def __init__(self, config_json: str):
         self._config_json = config_json
@@ -139,15 +359,15 @@ class _ReadScene(beam.DoFn):
         except SceneError as err:
             yield beam.pvalue.TaggedOutput(_ERRORS, str(err))
             return
-        yield beam.pvalue.TaggedOutput(_BLOCK_COUNTS, block_label_counts(examples, self._config.class_ids))
-        yield from zip(examples.blocks, examples.serialized)
+        yield beam.pvalue.TaggedOutput(_SUMMARIES, examples.summary)
+        yield from zip(examples.keys, examples.serialized)
 
 
 def report_bad_scenes(errors: list[str], scene_count: int, on_bad_scene: str) -> None:
     """Fails the run listing every bad scene, unless skipping was asked for and some scene was good."""
     if not errors:
         return
-    listing = "\n  ".join(sorted(errors))
+    listing = "\n  ".join(errors)
     summary = f"{len(errors)} of {scene_count} scenes are bad:\n  {listing}"
     if on_bad_scene == "skip" and len(errors) < scene_count:
         logging.warning("%s\nContinuing without them (ingest.on_bad_scene: skip).", summary)
@@ -157,7 +377,7 @@ def report_bad_scenes(errors: list[str], scene_count: int, on_bad_scene: str) ->
 
 @beam.ptransform_fn
 def _ScenesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
-    """Scene folders matched by the pattern -> (block_id, serialized tf.Example), plus block label counts."""
+    """Scene folders matched by the pattern -> keyed serialized tf.Examples, plus scene summaries and errors."""
     config = config_from_exec_properties(exec_properties)
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     matched = fileio.glob(os.path.join(input_base, split_pattern))
@@ -165,18 +385,12 @@ def _ScenesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], 
     if not scenes:
         raise BadScenesError(f"{os.path.join(input_base, split_pattern)}: no scene folders match")
     logging.info("Reading %d scenes under %s", len(scenes), os.path.join(input_base, split_pattern))
-    results = (
+    return (
         pipeline
         | "Scenes" >> beam.Create(scenes, reshuffle=True)
         | "ReadScenes" >> beam.ParDo(_ReadScene(config.to_json())).with_outputs(
-            _ERRORS, _BLOCK_COUNTS, main=_EXAMPLES)
+            _ERRORS, _SUMMARIES, main=_EXAMPLES)
     )
-    _ = (
-        results[_ERRORS]
-        | "CollectErrors" >> beam.combiners.ToList()
-        | "ReportBadScenes" >> beam.Map(report_bad_scenes, len(scenes), config.ingest.on_bad_scene)
-    )
-    return results
 
 
 def resolve_newest_span(exec_properties: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +412,8 @@ def resolve_newest_span(exec_properties: dict[str, Any]) -> dict[str, Any]:
 
 
 class Executor(BaseExampleGenExecutor):
-    """Splits on whole blocks, stratified by label, instead of TFX's per-block hash (see assign_blocks)."""
+    """Deals whole blocks (or scenes) to the splits, stratified by label, with a buffer between splits
+    (see SplitPlan), instead of TFX's per-block hash; writes the ingest report."""
 
     def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
            exec_properties: dict[str, Any]) -> None:
@@ -206,7 +421,11 @@ class Executor(BaseExampleGenExecutor):
         if resolved is not exec_properties:
             for examples in output_dict[standard_component_specs.EXAMPLES_KEY]:
                 example_gen_driver.update_output_artifact(resolved, examples.mlmd_artifact)
+        examples = artifact_utils.get_single_instance(output_dict[standard_component_specs.EXAMPLES_KEY])
+        self._examples_uri = examples.uri  # where GenerateExamplesByBeam's last step writes the ingest report
         super().Do(input_dict, output_dict, resolved)
+        examples.set_string_custom_property(INGEST_REPORT_PROPERTY,
+                                            json.dumps(read_ingest_report(examples.uri), sort_keys=True))
 
     def GetInputSourceToExamplePTransform(self) -> beam.PTransform:
         return _ScenesToExamples
@@ -218,26 +437,38 @@ class Executor(BaseExampleGenExecutor):
         output_config = example_gen_pb2.Output()
         proto_utils.json_to_proto(exec_properties[standard_component_specs.OUTPUT_CONFIG_KEY], output_config)
         splits = output_config.split_config.splits
-        if len(input_config.splits) != 1 or output_config.split_config.partition_feature_name != BLOCK_ID:
-            raise ValueError(f"SceneExampleGen reads one input split and partitions on {BLOCK_ID!r}")
+        if (len(input_config.splits) != 1 or output_config.split_config.partition_feature_name != BLOCK_ID
+                or tuple(split.name for split in splits) != SPLITS):
+            raise ValueError(f"SceneExampleGen reads one input split and writes the splits {', '.join(SPLITS)}, "
+                             f"partitioned on {BLOCK_ID!r}")
         buckets = [split.hash_buckets for split in splits]
         fractions = [b / sum(buckets) for b in buckets]
+        config = config_from_exec_properties(exec_properties)
         read = pipeline | "InputToRecord" >> _ScenesToExamples(exec_properties, input_config.splits[0].pattern)
-        assignment = (
-            read[_BLOCK_COUNTS]
-            | "CollectBlockCounts" >> beam.combiners.ToList()
-            | "AssignBlocks" >> beam.Map(lambda parts: assign_blocks(merge_block_counts(parts), fractions))
+        summaries = read[_SUMMARIES] | "CollectSummaries" >> beam.combiners.ToList()
+        plan = (
+            read[_ERRORS]
+            | "CollectErrors" >> beam.combiners.ToList()
+            | "PlanSplits" >> beam.Map(plan_splits, summaries=beam.pvalue.AsSingleton(summaries),
+                                       fractions=fractions, config=config)
         )
-        partitions = read[_EXAMPLES] | "SplitData" >> beam.Partition(
-            lambda keyed, _, blocks: blocks[keyed[0]], len(splits), blocks=beam.pvalue.AsSingleton(assignment))
-        return {
-            split.name: partition | f"DropBlockId[{split.name}]" >> beam.Values()
-            for split, partition in zip(splits, partitions)
-        }
+        indexed = read[_EXAMPLES] | "AssignSplits" >> beam.Map(
+            lambda keyed, plan: (plan.split_index(keyed[0]), keyed), plan=beam.pvalue.AsSingleton(plan))
+        counts = (
+            indexed
+            | "SplitAndLabel" >> beam.Map(lambda item: (item[0], item[1][0][1]))
+            | "CountPatches" >> beam.combiners.Count.PerElement()
+            | "CollectCounts" >> beam.combiners.ToList()
+        )
+        _ = plan | "WriteIngestReport" >> beam.Map(write_ingest_report, counts=beam.pvalue.AsSingleton(counts),
+                                                   examples_uri=self._examples_uri, config=config)
+        partitions = indexed | "SplitData" >> beam.Partition(lambda item, _: item[0], len(SPLITS) + 2)
+        return {name: partitions[i] | f"Records[{name}]" >> beam.Map(lambda item: item[1][1])
+                for i, name in enumerate(SPLITS)}
 
 
 def SceneExampleGen(config: Config) -> FileBasedExampleGen:
-    """The ingestion component: newest span under config.run.data_root, split spatially on block_id."""
+    """The ingestion component: newest span under config.run.data_root, split spatially with a buffer."""
     return FileBasedExampleGen(
         input_base=resolve_path(config.run.data_root),
         input_config=example_gen_pb2.Input(
@@ -245,10 +476,8 @@ def SceneExampleGen(config: Config) -> FileBasedExampleGen:
         ),
         output_config=example_gen_pb2.Output(
             split_config=example_gen_pb2.SplitConfig(
-                splits=[
-                    example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=config.ingest.train_hash_buckets),
-                    example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=config.ingest.eval_hash_buckets),
-                ],
+                splits=[example_gen_pb2.SplitConfig.Split(
+                    name=split, hash_buckets=getattr(config.ingest, f"{split}_hash_buckets")) for split in SPLITS],
                 partition_feature_name=BLOCK_ID,
             )
         ),

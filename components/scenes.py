@@ -4,6 +4,12 @@ The multispectral raster defines the reference grid. Labels are resampled with n
 never be averaged), pre-rasterised LiDAR bilinearly (measurements), and point clouds are rasterised cell by
 cell on the reference grid itself, so no stream is resampled twice. Every problem becomes a SceneError that
 names the scene, the file and what is wrong, so the executor can list all bad scenes of a run at once.
+
+Each stream also gets a validity mask on the reference grid, and invalid pixels hold NaN: nothing a scene does
+not observe may reach an example. Multispectral: the raster's nodata, internal or alpha mask, and non-finite
+values. LiDAR: a cell without returns (or nodata in a pre-rasterised channel) takes its nearest measured cell's
+value only within `ingest.max_lidar_gap_m`; farther away it is invalid, never invented. Labels: their nodata
+and pixels outside the labels raster are unlabelled.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ from affine import Affine
 from pyproj import Transformer
 from pyproj.exceptions import CRSError
 from rasterio.crs import CRS
+from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.transform import array_bounds
 from rasterio.warp import Resampling, reproject, transform_bounds
@@ -41,9 +48,8 @@ POINT_CLOUD_FILES = ("lidar.las", "lidar.laz")
 GROUND_CLASS = 2
 # ASPRS low and high noise: a bird or a multipath echo must not become the top of a cell.
 NOISE_CLASSES = (7, 18)
-# An empty cell this close to a cell with points is a gap in the scan pattern and takes its neighbour's
-# height; farther away it is open water or dark ground that returned nothing, so nothing stands there.
-HEIGHT_FILL_RADIUS_M = 2.0
+# Labels that are nodata or outside the labels raster while reprojecting; 0 once on the reference grid.
+_NO_LABEL = -1
 # Ground cells this close to a cell without ground points span the triangles that interpolate it.
 _GAP_RIM_CELLS = 2
 # Rounds of closing ground gaps between opposite neighbours; what is left goes to the triangulation.
@@ -72,15 +78,19 @@ class SceneError(Exception):
 
 @dataclass
 class SceneRasters:
-    """Every stream of one scene on the multispectral grid."""
+    """Every stream of one scene on the multispectral grid, with where each holds observed values."""
 
     scene_id: str
-    multispectral: np.ndarray  # float32 (bands, H, W), uint16 reflectance units (x 10000)
-    lidar: np.ndarray  # float32 (channels, H, W) in config.streams.lidar_channels order
-    labels: np.ndarray  # int32 (H, W), 0 = unlabelled
+    multispectral: np.ndarray  # float32 (bands, H, W), uint16 reflectance units (x 10000); NaN where invalid
+    lidar: np.ndarray  # float32 (channels, H, W) in config.streams.lidar_channels order; NaN where invalid
+    labels: np.ndarray  # int32 (H, W), 0 = unlabelled (also the labels' nodata and outside the labels raster)
     crs: CRS
     transform: Affine
-    filled_cells: dict[str, int]  # per LiDAR channel, cells without data that were filled
+    multispectral_valid: np.ndarray  # bool (H, W): every band observed (not nodata, not masked, finite)
+    lidar_valid: np.ndarray  # bool (H, W): every channel measured, or filled from within max_lidar_gap_m
+    labels_valid: np.ndarray  # bool (H, W): the labels raster has a value here (not nodata, not outside it)
+    filled_cells: dict[str, int]  # per LiDAR channel, cells without data filled from within max_lidar_gap_m
+    files: dict[str, str]  # per stream (multispectral, lidar, labels): the file(s) it was read from
 
 
 @dataclass(frozen=True)
@@ -123,10 +133,13 @@ def load_scene(scene_dir: str | os.PathLike, config: Config) -> SceneRasters:
         return _load_remote_scene(str(scene_dir).rstrip("/"), config)
     scene_dir = Path(scene_dir).absolute()
     scene = scene_dir.name
-    multispectral, grid = _read_multispectral(scene, scene_dir / MULTISPECTRAL_FILE, config)
-    labels = _read_labels(scene, scene_dir / LABELS_FILE, grid, config)
-    lidar, filled = _read_lidar(scene, scene_dir, grid, config)
-    return SceneRasters(scene, multispectral, lidar, labels, grid.crs, grid.transform, filled)
+    multispectral, multispectral_valid, grid = _read_multispectral(scene, scene_dir / MULTISPECTRAL_FILE, config)
+    labels, labels_valid = _read_labels(scene, scene_dir / LABELS_FILE, grid, config)
+    lidar, lidar_valid, filled, lidar_files = _read_lidar(scene, scene_dir, grid, config)
+    files = {"multispectral": str(scene_dir / MULTISPECTRAL_FILE), "lidar": ", ".join(lidar_files),
+             "labels": str(scene_dir / LABELS_FILE)}
+    return SceneRasters(scene, multispectral, lidar, labels, grid.crs, grid.transform, multispectral_valid,
+                        lidar_valid, labels_valid, filled, files)
 
 
 def _load_remote_scene(uri: str, config: Config) -> SceneRasters:
@@ -139,9 +152,11 @@ def _load_remote_scene(uri: str, config: Config) -> SceneRasters:
             if not tf.io.gfile.isdir(posixpath.join(uri, name)):
                 tf.io.gfile.copy(posixpath.join(uri, name), str(local_dir / name))
         try:
-            return load_scene(local_dir, config)
+            rasters = load_scene(local_dir, config)
         except SceneError as err:  # name the file where it lives, not the temporary copy
             raise SceneError(err.scene, err.path.replace(str(local_dir), uri), err.problem) from err
+    rasters.files = {stream: paths.replace(str(local_dir), uri) for stream, paths in rasters.files.items()}
+    return rasters
 
 
 @contextmanager
@@ -181,7 +196,8 @@ def _format_bounds(bounds: tuple[float, ...]) -> str:
     return "(" + ", ".join(f"{value:.1f}" for value in bounds) + ")"
 
 
-def _read_multispectral(scene: str, path: Path, config: Config) -> tuple[np.ndarray, _Grid]:
+def _read_multispectral(scene: str, path: Path, config: Config) -> tuple[np.ndarray, np.ndarray, _Grid]:
+    """Reflectance in uint16 units, NaN where any band is invalid, and the mask of pixels valid in every band."""
     bands = config.streams.multispectral_bands
     with _open_raster(scene, path) as src:
         _require_projected(scene, path, src.crs)
@@ -191,37 +207,46 @@ def _read_multispectral(scene: str, path: Path, config: Config) -> tuple[np.ndar
                 f"{', '.join(bands)}"
             )
         data = src.read(out_dtype=np.float32)
-        if np.dtype(src.dtypes[0]).kind == "f":
-            data *= np.float32(config.streams.float_reflectance_scale)
-        return data, _Grid(src.crs, src.transform, src.height, src.width)
+        valid = _gdal_valid(src)
+        grid = _Grid(src.crs, src.transform, src.height, src.width)
+        is_float = np.dtype(src.dtypes[0]).kind == "f"
+    if is_float:
+        valid &= np.isfinite(data).all(axis=0)
+        data *= np.float32(config.streams.float_reflectance_scale)
+    if not valid.all():
+        data[:, ~valid] = np.nan
+    return data, valid, grid
 
 
-def _read_labels(scene: str, path: Path, grid: _Grid, config: Config) -> np.ndarray:
+def _gdal_valid(src: rasterio.DatasetReader) -> np.ndarray:
+    """Pixels GDAL finds valid in every band: not the nodata value, not masked (internal mask or alpha)."""
+    if all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums):
+        return np.ones(src.shape, bool)
+    return (src.read_masks() > 0).all(axis=0)
+
+
+def _read_labels(scene: str, path: Path, grid: _Grid, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids on the reference grid (0 = unlabelled) and where the labels raster had a value at all."""
     with _open_raster(scene, path) as src:
         _require_projected(scene, path, src.crs)
         _require_overlap(scene, path, src.crs, src.bounds, grid)
         if src.count != 1:
             raise SceneError(scene, path, f"{src.count} bands; expected one band of class ids")
         source = src.read(1)
-        nodata = src.nodata
+        valid = _gdal_valid(src)
         src_crs, src_transform = src.crs, src.transform
-    valid = ~_nodata_mask(source, nodata)
+    if source.dtype.kind == "f":
+        valid &= np.isfinite(source)
     _require_known_labels(scene, path, source[valid], config)
-    class_ids = np.where(valid, source, 0).astype(np.int32)
-    labels = np.zeros(grid.shape, np.int32)
+    class_ids = np.where(valid, source, _NO_LABEL).astype(np.int32)
+    labels = np.full(grid.shape, _NO_LABEL, np.int32)
     reproject(
-        class_ids, labels, src_transform=src_transform, src_crs=src_crs, src_nodata=0,
-        dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=0, resampling=Resampling.nearest,
+        class_ids, labels, src_transform=src_transform, src_crs=src_crs, src_nodata=_NO_LABEL,
+        dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=_NO_LABEL, resampling=Resampling.nearest,
     )
-    return labels
-
-
-def _nodata_mask(values: np.ndarray, nodata: float | None) -> np.ndarray:
-    if nodata is None:
-        return np.zeros(values.shape, bool)
-    if np.isnan(nodata):
-        return np.isnan(values)
-    return values == nodata
+    labels_valid = labels != _NO_LABEL
+    labels[~labels_valid] = 0
+    return labels, labels_valid
 
 
 def _require_known_labels(scene: str, path: Path, values: np.ndarray, config: Config) -> None:
@@ -239,11 +264,15 @@ def _format_id(value: np.generic) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _read_lidar(scene: str, scene_dir: Path, grid: _Grid, config: Config) -> tuple[np.ndarray, dict[str, int]]:
+def _read_lidar(scene: str, scene_dir: Path, grid: _Grid,
+                config: Config) -> tuple[np.ndarray, np.ndarray, dict[str, int], list[str]]:
+    """(channels, H, W) values, NaN where invalid; the mask of cells valid in every channel; the cells filled
+    per channel; the file(s) read."""
     channels = config.streams.lidar_channels
     for name in POINT_CLOUD_FILES:
         if (scene_dir / name).is_file():
             rasters = _rasterise_point_cloud(scene, scene_dir / name, grid)
+            files = [str(scene_dir / name)]
             break
     else:
         if not any((scene_dir / lidar_raster_file(channel)).is_file() for channel in channels):
@@ -253,23 +282,30 @@ def _read_lidar(scene: str, scene_dir: Path, grid: _Grid, config: Config) -> tup
                 f"{', '.join(lidar_raster_file(channel) for channel in channels)}",
             )
         rasters = {channel: _resample_lidar_raster(scene, scene_dir, channel, grid) for channel in channels}
-    stack, filled = [], {}
+        files = [str(scene_dir / lidar_raster_file(channel)) for channel in channels]
+    stack, valid, filled = [], np.ones(grid.shape, bool), {}
+    nearest_cells: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # channels share their has_data
     for channel in channels:
         values, has_data = rasters[channel]
-        stack.append(_fill_empty_cells(channel, values, has_data, grid))
-        filled[channel] = int((~has_data).sum())
-    return np.stack(stack).astype(np.float32), filled
+        if has_data.all():
+            stack.append(values)
+            filled[channel] = 0
+            continue
+        if id(has_data) not in nearest_cells:
+            nearest_cells[id(has_data)] = _nearest_within(has_data, grid, config.ingest.max_lidar_gap_m)
+        rows, cols, fill = nearest_cells[id(has_data)]
+        channel_valid = has_data | fill
+        stack.append(np.where(channel_valid, values[rows, cols], np.nan))
+        filled[channel] = int(fill.sum())
+        valid &= channel_valid
+    return np.stack(stack).astype(np.float32), valid, filled, files
 
 
-def _fill_empty_cells(channel: str, values: np.ndarray, has_data: np.ndarray, grid: _Grid) -> np.ndarray:
-    """Empty cells take their nearest cell's value; see HEIGHT_FILL_RADIUS_M for height."""
-    if has_data.all():
-        return values
+def _nearest_within(has_data: np.ndarray, grid: _Grid, max_gap_m: float) -> tuple[np.ndarray, ...]:
+    """Per cell, the row and column of the nearest cell with data, and the empty cells that lie within
+    `max_gap_m` of one (metric, so a CRS in feet or non-square pixels do not change the gap)."""
     distance, (rows, cols) = distance_transform_edt(~has_data, sampling=grid.pixel_size_m, return_indices=True)
-    nearest = values[rows, cols]
-    if channel == "height":
-        nearest = np.where(distance <= HEIGHT_FILL_RADIUS_M, nearest, 0.0)
-    return np.where(has_data, values, nearest)
+    return rows, cols, ~has_data & (distance <= max_gap_m)
 
 
 def _resample_lidar_raster(scene: str, scene_dir: Path, channel: str, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
@@ -277,11 +313,12 @@ def _resample_lidar_raster(scene: str, scene_dir: Path, channel: str, grid: _Gri
     with _open_raster(scene, path) as src:
         _require_projected(scene, path, src.crs)
         _require_overlap(scene, path, src.crs, src.bounds, grid)
+        source = src.read(1, out_dtype=np.float32)
+        source[~(_gdal_valid(src) & np.isfinite(source))] = np.nan  # bilinear must not blend them in
         values = np.full(grid.shape, np.nan, np.float32)
         reproject(
-            src.read(1, out_dtype=np.float32), values, src_transform=src.transform, src_crs=src.crs,
-            src_nodata=src.nodata, dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan,
-            resampling=Resampling.bilinear,
+            source, values, src_transform=src.transform, src_crs=src.crs, src_nodata=np.nan,
+            dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.bilinear,
         )
     has_data = np.isfinite(values)
     if not has_data.any():
@@ -326,7 +363,7 @@ def _rasterise_point_cloud(scene: str, path: Path, grid: _Grid) -> dict[str, tup
     n_cells = grid.height * grid.width
     count = np.bincount(cell, minlength=n_cells)
     has_points = (count > 0).reshape(grid.shape)
-    count_or_one = np.maximum(count, 1)  # empty cells divide 0 by 1, then get filled
+    count_or_one = np.maximum(count, 1)  # empty cells divide 0 by 1, then get filled or masked
     top = np.full(n_cells, -np.inf)
     np.maximum.at(top, cell, z)
     ground_surface = _ground_surface(cell[ground], z[ground], grid)

@@ -4,10 +4,12 @@ TFX imports this file as the top-level module `trainer` from a wheel of its fold
 imported by absolute package name (the installed terrafuse package).
 
 Inputs from the DAG: `fn_args.hyperparameters` is the data gate's label counts
-{"train": {"<class id>": n}, "eval": {...}} plus the data's provenance {"data": {"span", "input_fingerprint"}};
-`fn_args.custom_config` holds `config` (`Config.to_dict()`) and `serving_dir`.
-Training runs `model.epochs` full passes (TrainArgs.num_steps is not used) and keeps the epoch with the
-best eval macro argmax recall, the quantity the Evaluator gates on.
+{"train": {"<class id>": n}, "validation": {...}, "test": {...}}, the data's provenance
+{"data": {"span", "input_fingerprint"}} and the training split's feature statistics ("train_statistics", kept in
+the training record for the next span's drift check); `fn_args.custom_config` holds `config` (`Config.to_dict()`)
+and `serving_dir`. `fn_args.eval_files` is the validation split: training runs `model.epochs` full passes
+(TrainArgs.num_steps is not used) and keeps the epoch with the best validation macro argmax recall, the quantity
+the Evaluator gates on. The test split is never seen here: it is the Evaluator's alone.
 
 No new data, no training: when the model serving now was trained on the same span and input fingerprint with
 the same training config, the Trainer copies it instead of fitting (open-source Kubeflow Pipelines re-runs
@@ -41,7 +43,7 @@ from components.atomic_pusher import latest_published
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
-from pipeline.config import Config
+from pipeline.config import SPLITS, TRAIN, Config
 from transforms.features import LABEL_INDEX, layout, raw_feature_spec
 
 SERVING_SIGNATURE = "serving_default"
@@ -55,6 +57,7 @@ VAL_MACRO_RECALL = "val_macro_argmax_recall"
 # Serialized 9x9 patches of 7 channels are ~2.5 kB: 100k of them stay well under the Trainer's memory.
 MAX_SHUFFLE_BUFFER = 100_000
 TRAINING_DATA_KEY = "data"  # the hyperparameters' entry for the data's provenance
+TRAIN_STATISTICS_KEY = "train_statistics"  # base64 DatasetFeatureStatistics of the training split's features
 
 
 def run_fn(fn_args) -> None:
@@ -62,8 +65,8 @@ def run_fn(fn_args) -> None:
     started = time.perf_counter()
     if not fn_args.custom_config or "config" not in fn_args.custom_config:
         raise ValueError('Trainer needs custom_config={"config": Config.to_dict()}')
-    if not fn_args.hyperparameters or not {"train", "eval"} <= set(fn_args.hyperparameters):
-        raise ValueError("Trainer needs the data gate's label counts as hyperparameters ({'train': ..., 'eval': ...})")
+    if not fn_args.hyperparameters or not set(SPLITS) <= set(fn_args.hyperparameters):
+        raise ValueError(f"Trainer needs the data gate's label counts per split as hyperparameters: {list(SPLITS)}")
     config = Config.from_dict(fn_args.custom_config["config"])
     data = fn_args.hyperparameters.get(TRAINING_DATA_KEY)
     key = training_key(data, fn_args.custom_config["config"], fn_args.custom_config.get("code"))
@@ -74,30 +77,30 @@ def run_fn(fn_args) -> None:
                         data["input_fingerprint"])
         io_utils.copy_dir(reusable, fn_args.serving_model_dir)
         return
-    counts = {split: _counts_by_id(fn_args.hyperparameters[split], config) for split in ("train", "eval")}
-    weights = class_weights(counts["train"], config.class_ids, config.model.class_weights,
+    counts = {split: _counts_by_id(fn_args.hyperparameters[split], config) for split in SPLITS}
+    weights = class_weights(counts[TRAIN], config.class_ids, config.model.class_weights,
                             config.model.effective_number_beta)
     for index, (class_id, name) in enumerate(zip(config.class_ids, config.class_names)):
         logging.info("class %s (id %d): %d training examples, weight %.4f (%s)",
-                     name, class_id, counts["train"][class_id], weights[index], config.model.class_weights)
+                     name, class_id, counts[TRAIN][class_id], weights[index], config.model.class_weights)
 
     tf_keras.utils.set_random_seed(config.model.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     streams = STREAMS_BY_MODE[config.model.streams]
     train = _dataset(fn_args.train_files, transform_output, config, streams,
-                     shuffle_buffer=min(sum(counts["train"].values()), MAX_SHUFFLE_BUFFER))
-    evaluation = _dataset(fn_args.eval_files, transform_output, config, streams, shuffle_buffer=0)
+                     shuffle_buffer=min(sum(counts[TRAIN].values()), MAX_SHUFFLE_BUFFER))
+    validation = _dataset(fn_args.eval_files, transform_output, config, streams, shuffle_buffer=0)
 
     model = build_model(config)
     fit_started = time.perf_counter()
     history = model.fit(
         train,
-        validation_data=evaluation,
+        validation_data=validation,
         epochs=config.model.epochs,
         verbose=2,  # one line per epoch: progress bars flood the pipeline's log
         class_weight=weights,
         callbacks=[
-            MacroRecallCallback(evaluation, len(config.class_ids)),
+            MacroRecallCallback(validation, len(config.class_ids)),
             tf_keras.callbacks.EarlyStopping(monitor=VAL_MACRO_RECALL, mode="max",
                                              patience=config.model.early_stopping_patience,
                                              restore_best_weights=True),
@@ -110,6 +113,7 @@ def run_fn(fn_args) -> None:
         "class_table": [{"index": i, "id": c.id, "name": c.name} for i, c in enumerate(config.classes)],
         "label_counts": {split: {str(k): v for k, v in c.items()} for split, c in counts.items()},
         TRAINING_DATA_KEY: data,
+        TRAIN_STATISTICS_KEY: fn_args.hyperparameters.get(TRAIN_STATISTICS_KEY),
         "training_key": key,
         "class_weights": {"mode": config.model.class_weights, "beta": config.model.effective_number_beta,
                           "by_class_id": {str(config.class_ids[i]): w for i, w in weights.items()}},
@@ -143,24 +147,24 @@ def reusable_model(serving_dir: str | None, key: str | None) -> str | None:
 
 
 class MacroRecallCallback(tf_keras.callbacks.Callback):
-    """Adds the eval split's macro argmax recall to the epoch logs, for early stopping and TensorBoard.
+    """Adds the validation split's macro argmax recall to the epoch logs, for early stopping and TensorBoard.
 
-    Must come before the callbacks that read it. A class absent from the eval split is left out of the
-    mean here (training goes on); the Evaluator's gate refuses such a model.
+    Must come before the callbacks that read it. A class absent from the validation split is left out of the
+    mean here (training goes on); the Evaluator's gate, on the test split, judges every class.
     """
 
-    def __init__(self, evaluation: tf.data.Dataset, num_classes: int):
+    def __init__(self, validation: tf.data.Dataset, num_classes: int):
         super().__init__()
-        self._evaluation = evaluation
+        self._validation = validation
         self._num_classes = num_classes
 
     def on_epoch_end(self, epoch, logs=None):
         labels, probabilities = [], []
-        for features, label in self._evaluation:
+        for features, label in self._validation:
             probabilities.append(self.model(features, training=False).numpy())
             labels.append(label.numpy())
         recalls = argmax_recalls(np.concatenate(labels), np.concatenate(probabilities), self._num_classes)
-        logging.info("epoch %d eval argmax recall per class: %s", epoch + 1, np.round(recalls, 3).tolist())
+        logging.info("epoch %d validation argmax recall per class: %s", epoch + 1, np.round(recalls, 3).tolist())
         logs[VAL_MACRO_RECALL] = float(np.nanmean(recalls))
 
 

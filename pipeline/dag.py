@@ -15,7 +15,7 @@ from components.data_gate import DataGate, DriftGate
 from components.distribution_validator import DistributionValidator
 from components.scene_example_gen import SceneExampleGen
 from models.evaluation import eval_config
-from pipeline.config import PROJECT_DIR, Config, ConfigError, resolve_path
+from pipeline.config import PROJECT_DIR, TEST, TRAIN, VALIDATION, Config, ConfigError, resolve_path
 from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
 from transforms.features import LABEL, layout
 
@@ -78,18 +78,18 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         statistics=statistics_gen.outputs["statistics"],
         baseline_statistics=statistics_gen.outputs["statistics"],
         config=label_skew_config(config),
-        include_split_pairs=[("eval", "train")],
+        include_split_pairs=[(VALIDATION, TRAIN), (TEST, TRAIN)],
     )
     data_gate = DataGate(
         examples=example_gen.outputs["examples"],
         statistics=statistics_gen.outputs["statistics"],
         schema_anomalies=example_validator.outputs["anomalies"],
         distribution_anomalies=label_skew_validator.outputs["anomalies"],
-        config_json=config.restricted("validation").to_json(),
+        config_json=config.restricted("validation", "streams").to_json(),
     )
     drift_gate = DriftGate(
         statistics=statistics_gen.outputs["statistics"],
-        config_json=config.restricted("validation").to_json(),
+        config_json=config.restricted("validation", "streams").to_json(),
         serving_dir=config.serving_dir,
     )
     transform = tfx.components.Transform(
@@ -99,6 +99,8 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         custom_config={"config": config.restricted("streams", "ingest", "transform").to_dict()},
         # StatisticsGen already describes the raw data; Transform's own pre/post statistics are a second pass.
         disable_statistics=True,
+        # The Evaluator reads the raw test split through the model's own Transform graph: nothing to write for it.
+        splits_config=tfx.proto.SplitsConfig(analyze=[TRAIN], transform=[TRAIN, VALIDATION]),
     )
     transform.add_upstream_node(data_gate)
     transform.add_upstream_node(drift_gate)
@@ -108,20 +110,20 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],
         hyperparameters=data_gate.outputs["training_labels"],
-        train_args=tfx.proto.TrainArgs(splits=["train"]),
-        eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        train_args=tfx.proto.TrainArgs(splits=[TRAIN]),
+        eval_args=tfx.proto.EvalArgs(splits=[VALIDATION]),
         custom_config={"config": config.restricted("streams", "ingest", "transform", "model").to_dict(),
                        # the Trainer reuses the serving model instead of training when no new data came
                        "serving_dir": config.serving_dir, "code": training_code_fingerprint(schema)},
     )
     baseline = PublishedBaseline(model=trainer.outputs["model"], serving_dir=config.serving_dir,
-                                 gate_json=config.restricted("gate").to_json())
+                                 config_json=config.restricted("streams", "ingest", "gate").to_json())
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
         baseline_model=baseline.outputs["baseline"],
         eval_config=eval_config(config),
-        example_splits=["eval"],
+        example_splits=[TEST],
     )
     pusher = AtomicPusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"], serving_dir=config.serving_dir

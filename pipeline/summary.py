@@ -81,6 +81,7 @@ def render(config: Config, runs: list[ComponentRun]) -> str:
         return "No run recorded in " + config.metadata_path
     lines = ["Components (state, seconds):"]
     lines += [f"  {r.node:<28} {r.state:<9} {r.seconds:7.1f}" for r in runs]
+    lines += ingest_lines(runs)
     names = dict(zip(config.class_ids, config.class_names))
     reports = [json.loads(_string_property(artifact, GATE_REPORT_PROPERTY) or "{}")
                for artifact in (_output(runs, "DataGate", "training_labels"), _output(runs, "DriftGate", "drift_report"))
@@ -90,28 +91,53 @@ def render(config: Config, runs: list[ComponentRun]) -> str:
         for split, counts in reports[0]["label_counts"].items():
             total = sum(counts.values())
             per_class = ", ".join(f"{names[int(k)]} {v}" for k, v in sorted(counts.items(), key=lambda kv: int(kv[0])))
-            lines.append(f"  {split:<5} {total:6d}: {per_class}")
+            lines.append(f"  {split:<10} {total:6d}: {per_class}")
     for d in (d for report in reports for d in report["divergences"]):
-        lines.append(f"  skew {d['comparison']}: L-inf {d['linf']:.3f} (limit {d['linf_max']}), "
+        lines.append(f"  label skew {d['comparison']}: L-inf {d['linf']:.3f} (limit {d['linf_max']}), "
                      f"JS {d['js']:.4f} (limit {d['js_max']})")
+    for d in (d for report in reports for d in report.get("feature_divergences", [])):
+        lines.append(f"  {d['comparison']}: {d['feature']} Jensen-Shannon {d['js']:.4f} (limit {d['limit']})"
+                     + ("  OVER LIMIT" if d["js"] > d["limit"] else ""))
+    lines += [f"  drift not compared: {why}" for report in reports for why in report.get("skipped", [])]
     lines += evaluation_lines(config, runs)
     return "\n".join(lines)
 
 
+def ingest_lines(runs: list[ComponentRun]) -> list[str]:
+    """What the valid-pixel masks and the split buffer removed, per scene, from SceneExampleGen's report."""
+    from components.scene_example_gen import INGEST_REPORT_PROPERTY
+
+    examples = _output(runs, "SceneExampleGen", "examples")
+    recorded = _string_property(examples, INGEST_REPORT_PROPERTY) if examples is not None else None
+    if not recorded:
+        return []
+    report = json.loads(recorded)
+    lines = ["Scenes (labelled pixels whose window is valid in every stream; pixels masked per stream; "
+             "LiDAR cells filled from returns within the allowed gap):"]
+    for scene, found in sorted(report["scenes"].items()):
+        masked = ", ".join(f"{stream} {n}" for stream, n in found["masked_pixels"].items() if stream != "labels")
+        filled = ", ".join(f"{channel} {n}" for channel, n in found["lidar_filled_cells"].items())
+        share = "no labels" if found["valid_share"] is None else f"{100 * found['valid_share']:.1f} %"
+        lines.append(f"  {scene}: {found['valid_labelled_pixels']} of {found['labelled_pixels']} labelled pixels "
+                     f"valid ({share}), {found['patches']} patches; masked: {masked}, unlabelled or label nodata "
+                     f"{found['masked_pixels']['labels']}; filled: {filled}")
+    lines += [f"  bad scene: {problem}" for problem in report.get("bad_scenes", [])]
+    per_split = ", ".join(f"{split} {n}" for split, n in report["patches_per_split"].items())
+    lines.append(f"  split by {report['split_by']}: {per_split}; {report['buffer_dropped']} patches dropped because "
+                 f"their window reached into another split")
+    return lines
+
+
 def evaluation_lines(config: Config, runs: list[ComponentRun]) -> list[str]:
-    from models.evaluation import read_evaluation
+    from components.baseline import BASELINE_SOURCE_PROPERTY
+    from models.evaluation import read_evaluation, verdict_lines
 
     evaluation = _output(runs, "Evaluator", "evaluation")
     if evaluation is None:
         return ["No model evaluated in this run."]
     result = read_evaluation(evaluation.uri, config)
-    lines = ["Eval split, argmax recall per class (floor %.2f):" % config.gate.min_class_recall]
-    for name, recall in result.per_class_recall.items():
-        mark = "ok" if recall >= config.gate.min_class_recall else "BELOW FLOOR"
-        lines.append(f"  {name:<12} {recall:.3f}  {mark}")
-    lines.append(f"  macro recall {result.macro_recall:.3f}; most predicted class takes "
-                 f"{100 * result.majority_prediction_share:.1f} % of predictions")
-    lines.append("Verdict: " + ("BLESSED" if result.blessed else "NOT BLESSED: " + "; ".join(result.failures)))
+    baseline = _output(runs, "PublishedBaseline", "baseline")
+    lines = verdict_lines(result, config, _string_property(baseline, BASELINE_SOURCE_PROPERTY) if baseline else None)
     pushed = _output(runs, "Pusher", "pushed_model")
     if pushed is not None and pushed.custom_properties.get("pushed") and pushed.custom_properties["pushed"].int_value:
         lines.append("Pushed: " + _string_property(pushed, "pushed_destination"))

@@ -1,4 +1,4 @@
-"""The curated schema: value domains per stream, the label domain and the TRAINING/SERVING environments.
+"""The curated schema: value domains per stream (no NaN), the label domain and the TRAINING/SERVING environments.
 
 `schemas/schema.pbtxt` is what ImportSchemaGen loads for the default configuration; it is generated from this
 module (`terrafuse schema --out schemas/schema.pbtxt`) and a test keeps the two in step. A configuration with
@@ -41,6 +41,9 @@ def build_schema(config: Config) -> schema_pb2.Schema:
         # A fixed shape makes Transform and serving parse dense [P*P] tensors, and TFDV check the length.
         feature.shape.dim.add(size=lay.patch_values)
         feature.float_domain.min, feature.float_domain.max = domain
+        # Ingestion masks non-finite pixels: a NaN that still reaches an example is an anomaly that stops the run
+        # (an infinity already falls outside the domain).
+        feature.float_domain.disallow_nan = True
         feature.annotation.comment.append(description)
 
     for band, name in zip(config.streams.multispectral_bands, lay.multispectral):

@@ -20,7 +20,7 @@ from fake_kfp_server import FakeKfpServer
 from bench.kfp_launcher import EXECUTED, Launcher
 from pipeline import cli, kubeflow
 from pipeline.dag import create_pipeline, training_code_fingerprint
-from pipeline.config import Config, ConfigError
+from pipeline.config import SPLITS, Config, ConfigError
 from synth.scenes import generate_sample
 
 RUN_EXECUTOR = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
@@ -347,7 +347,7 @@ def test_the_compiled_spec_runs_blesses_and_pushes(launched):
     # No pre-cache check ran: the executor itself took the newest span and fingerprinted its 3 scenes x 3 files.
     assert "Resolved the newest span: 2" in result.tasks["SceneExampleGen"].log
     assert examples["metadata"]["input_fingerprint"].startswith("split:scenes,num_files:9,")
-    assert json.loads(examples["metadata"]["split_names"]) == ["train", "eval"]
+    assert json.loads(examples["metadata"]["split_names"]) == list(SPLITS)
     assert "nothing published" in result.tasks["PublishedBaseline"].log
     (blessing,) = result.outputs["Evaluator"]["blessing"]
     assert blessing["metadata"]["blessed"] == 1

@@ -22,9 +22,9 @@ from models.metrics import argmax_recalls
 from components.atomic_pusher import publish_atomically
 from models import trainer as trainer_module
 from models.trainer import (CLASS_ID, CLASS_INDEX, PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE,
-                            TRAINING_DATA_KEY, TRANSFORM_SIGNATURE, export_serving_model, read_training_record,
+                            TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRANSFORM_SIGNATURE, export_serving_model, read_training_record,
                             reusable_model, run_fn, training_key)
-from pipeline.config import Config
+from pipeline.config import TEST, TRAIN, VALIDATION, Config
 from transforms.features import (BLOCK_ID, COL, LABEL, LABEL_INDEX, LIDAR, MULTISPECTRAL, ROW, SCENE_ID,
                                  layout, raw_feature_spec)
 from transforms.preprocessing import preprocessing_fn
@@ -32,8 +32,10 @@ from transforms.preprocessing import preprocessing_fn
 CONFIG = Config().replace({
     "ingest.patch_size": 3, "model.branch_filters": [8], "model.fused_filters": 8, "model.dense_units": 16,
     "model.epochs": 6, "model.batch_size": 32, "model.learning_rate": 0.01, "model.class_weights": "inverse",
+    "gate.min_test_examples_per_class": 5,
 })
 CODE = "fingerprint-of-the-training-code"
+TRAIN_STATISTICS = "c3RhdGlzdGljcw=="  # the data gate's base64 statistics, carried through untouched
 DATA = {"span": 3, "input_fingerprint": "split:scenes,num_files:9,total_bytes:1000,xor_checksum:7,sum_checksum:9"}
 TRAIN_PER_CLASS = [120, 60, 30, 30, 20, 20]
 EVAL_PER_CLASS = [30, 15, 10, 10, 8, 8]
@@ -122,7 +124,7 @@ def _transform(config, root, train_rows, eval_rows):
             (p | "Train" >> beam.Create(train_rows), metadata) | tft_beam.AnalyzeAndTransformDataset(fn))
         evaluation, _ = ((p | "Eval" >> beam.Create(eval_rows), metadata), transform_fn) | tft_beam.TransformDataset()
         coder = tft.coders.ExampleProtoCoder(transformed_metadata.schema)
-        for name, rows in (("train", train), ("eval", evaluation)):
+        for name, rows in ((TRAIN, train), (VALIDATION, evaluation)):
             _ = (rows | f"Encode{name}" >> beam.Map(coder.encode)
                  | f"Write{name}" >> beam.io.WriteToTFRecord(os.path.join(root, name), file_name_suffix=".gz"))
         graph = os.path.join(root, "transform_graph")
@@ -138,12 +140,13 @@ def trained(tmp_path_factory):
     train_rows, eval_rows = _raw_rows(CONFIG, TRAIN_PER_CLASS, rng), _raw_rows(CONFIG, EVAL_PER_CLASS, rng)
     transform_graph = _transform(CONFIG, root, train_rows, eval_rows)
     counts = {split: {str(c): n for c, n in zip(CONFIG.class_ids, per_class)}
-              for split, per_class in (("train", TRAIN_PER_CLASS), ("eval", EVAL_PER_CLASS))}
+              for split, per_class in ((TRAIN, TRAIN_PER_CLASS), (VALIDATION, EVAL_PER_CLASS), (TEST, EVAL_PER_CLASS))}
     serving_model_dir = os.path.join(root, "model", "Format-Serving")
     fn_args = dict(
-        train_files=[os.path.join(root, "train*.gz")], eval_files=[os.path.join(root, "eval*.gz")],
+        train_files=[os.path.join(root, f"{TRAIN}*.gz")], eval_files=[os.path.join(root, f"{VALIDATION}*.gz")],
         transform_graph_path=transform_graph, serving_model_dir=serving_model_dir,
-        model_run_dir=os.path.join(root, "model_run"), hyperparameters={**counts, TRAINING_DATA_KEY: DATA},
+        model_run_dir=os.path.join(root, "model_run"),
+        hyperparameters={**counts, TRAINING_DATA_KEY: DATA, TRAIN_STATISTICS_KEY: TRAIN_STATISTICS},
         custom_config={"config": CONFIG.to_dict(), "serving_dir": os.path.join(root, "nothing_published"),
                        "code": CODE})
     run_fn(FnArgs(**fn_args))
@@ -200,6 +203,7 @@ def test_training_record_travels_with_the_model(trained):
     assert 1 <= record["best_epoch"] <= record["epochs_run"] <= CONFIG.model.epochs
     assert os.listdir(os.path.join(trained["root"], "model_run"))  # TensorBoard logs
     assert record["data"] == DATA and record["training_key"] == training_key(DATA, CONFIG.to_dict(), CODE)
+    assert record[TRAIN_STATISTICS_KEY] == TRAIN_STATISTICS  # the next span's drift check compares with it
     with pytest.raises(FileNotFoundError, match="no training record"):
         read_training_record(trained["root"])
 
@@ -281,11 +285,12 @@ def test_evaluator_config_reproduces_serving_recalls(trained, tmp_path):
 
 
 def test_macro_recall_drop_against_the_baseline_refuses(trained, tmp_path):
-    """An untrained candidate against the trained baseline; floors off, so only the change threshold gates."""
+    """An untrained candidate against the trained baseline; every other check off, so only the macro change gates."""
     untrained = os.path.join(str(tmp_path), "untrained")
     export_serving_model(build_model(CONFIG), tft.TFTransformOutput(trained["transform_graph"]), CONFIG,
                          untrained, training_record={})
-    config = CONFIG.replace({"gate.min_class_recall": 0.0})
+    config = CONFIG.replace({"gate.min_class_recall": 0.0, "gate.max_class_recall_drop": 1.0,
+                             "gate.max_majority_excess": 1.0})
     output_path = os.path.join(str(tmp_path), "eval")
     metrics, validation = _analyze(config, {"candidate": untrained, "baseline": trained["serving_model_dir"]},
                                    trained["raw_eval_file"], output_path)
@@ -301,4 +306,4 @@ def test_macro_recall_drop_against_the_baseline_refuses(trained, tmp_path):
     np.testing.assert_allclose(measured, expected, atol=1e-6)
     summary = read_evaluation(output_path, config)
     assert summary.macro_recall_change == pytest.approx(drop)
-    assert not summary.blessed and len(summary.failures) == 1 and "against the blessed model" in summary.failures[0]
+    assert not summary.blessed and len(summary.failures) == 1 and "against the serving model" in summary.failures[0]

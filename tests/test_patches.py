@@ -5,7 +5,8 @@ import tensorflow as tf
 from affine import Affine
 from rasterio.crs import CRS
 
-from components.patches import block_ids, encode_examples, extract_patches, sample_pixels
+from components.patches import (block_ids, encode_examples, extract_patches, sample_pixels, window_block_ids,
+                                window_valid)
 from components.scenes import SceneRasters, load_scene
 from pipeline.config import Config
 from tiny_scenes import Grid, region_interior, truth, write_scene
@@ -14,6 +15,9 @@ from transforms.features import BLOCK_ID, COL, LABEL, ROW, SCENE_ID, layout, raw
 CONFIG = Config()
 P = CONFIG.ingest.patch_size
 HALF = P // 2
+
+
+ALL_VALID = np.ones((30, 40), bool)
 
 
 def labels_with_edges():
@@ -28,7 +32,8 @@ def labels_with_edges():
 
 def test_sampling_skips_edge_pixels_and_unlabelled_ones():
     labels, class_a, class_b = labels_with_edges()
-    rows, cols = sample_pixels(labels, CONFIG.replace({"ingest.max_per_class": 0}), np.random.default_rng(0))
+    rows, cols = sample_pixels(labels, ALL_VALID, CONFIG.replace({"ingest.max_per_class": 0}),
+                               np.random.default_rng(0))
 
     assert rows.min() >= HALF and rows.max() < 30 - HALF and cols.min() >= HALF and cols.max() < 40 - HALF
     sampled = labels[rows, cols]
@@ -42,15 +47,42 @@ def test_sampling_skips_edge_pixels_and_unlabelled_ones():
 def test_sampling_caps_each_class_without_replacement_and_repeats_for_a_seed():
     config = CONFIG.replace({"ingest.max_per_class": 5})
     labels, class_a, class_b = labels_with_edges()
-    rows, cols = sample_pixels(labels, config, np.random.default_rng(7))
+    rows, cols = sample_pixels(labels, ALL_VALID, config, np.random.default_rng(7))
 
     sampled = labels[rows, cols]
     assert np.count_nonzero(sampled == class_a) == 5 and np.count_nonzero(sampled == class_b) == 5
     assert len(set(zip(rows.tolist(), cols.tolist()))) == 10
-    again = sample_pixels(labels, config, np.random.default_rng(7))
+    again = sample_pixels(labels, ALL_VALID, config, np.random.default_rng(7))
     np.testing.assert_array_equal(np.stack([rows, cols]), np.stack(again))
-    other = sample_pixels(labels, config, np.random.default_rng(8))
+    other = sample_pixels(labels, ALL_VALID, config, np.random.default_rng(8))
     assert not np.array_equal(np.stack([rows, cols]), np.stack(other))
+
+
+def naive_window_valid(valid, size, outside_valid):
+    half = size // 2
+    padded = np.pad(valid, half, constant_values=outside_valid)
+    return np.array([[padded[r:r + size, c:c + size].all() for c in range(valid.shape[1])]
+                     for r in range(valid.shape[0])])
+
+
+@pytest.mark.parametrize("outside_valid", [False, True])
+def test_window_valid_matches_a_naive_loop(outside_valid):
+    valid = np.random.default_rng(0).random((23, 31)) > 0.02
+    np.testing.assert_array_equal(window_valid(valid, 5, outside_valid), naive_window_valid(valid, 5, outside_valid))
+
+
+def test_sampling_keeps_only_centres_whose_whole_window_is_valid():
+    labels, _, _ = labels_with_edges()
+    valid = ALL_VALID.copy()
+    valid[10, 25] = False  # one invalid pixel removes every centre within P // 2 of it in both directions
+    valid[25:, 30:] = False
+    rows, cols = sample_pixels(labels, valid, CONFIG.replace({"ingest.max_per_class": 0}), np.random.default_rng(0))
+
+    expected = naive_window_valid(valid, P, False) & (labels != 0)
+    sampled = np.zeros(labels.shape, bool)
+    sampled[rows, cols] = True
+    np.testing.assert_array_equal(sampled, expected)
+    assert not sampled[10 - HALF:10 + HALF + 1, 25 - HALF:25 + HALF + 1].any()
 
 
 def test_extract_patches_matches_a_naive_loop():
@@ -79,6 +111,20 @@ def test_block_ids_tile_the_grid():
     assert ids == [b"scene-7/0_0", b"scene-7/0_2", b"scene-7/1_0", b"scene-7/2_1"]
 
 
+def test_window_block_ids_name_every_block_a_window_touches_centre_first():
+    rows, cols = np.array([10, 10, 30, 28, 33, 33]), np.array([10, 30, 10, 35, 33, 70])
+    touched = window_block_ids("s", rows, cols, 32, 9)
+    assert [(t[0], set(t), len(t)) for t in touched] == [
+        (b"s/0_0", {b"s/0_0"}, 1),  # inside one block
+        (b"s/0_0", {b"s/0_0", b"s/0_1"}, 2),  # reaches the block to the east (cols 26..34)
+        (b"s/0_0", {b"s/0_0", b"s/1_0"}, 2),  # reaches the block to the south
+        (b"s/0_1", {b"s/0_0", b"s/0_1", b"s/1_0", b"s/1_1"}, 4),  # a corner: four blocks, its own first
+        (b"s/1_1", {b"s/0_0", b"s/0_1", b"s/1_0", b"s/1_1"}, 4),
+        (b"s/1_2", {b"s/0_2", b"s/1_2"}, 2),
+    ]
+    assert [t[0] for t in touched] == block_ids("s", rows, cols, 32)
+
+
 def random_scene(config, height=150, width=300, seed=0):
     """Random rasters large enough that rows, cols and labels need multi-byte varints."""
     rng = np.random.default_rng(seed)
@@ -90,8 +136,16 @@ def random_scene(config, height=150, width=300, seed=0):
         labels=rng.choice(np.array((0,) + config.class_ids), (height, width)).astype(np.int32),
         crs=CRS.from_epsg(32633),
         transform=Affine.identity(),
+        multispectral_valid=np.ones((height, width), bool),
+        lidar_valid=np.ones((height, width), bool),
+        labels_valid=np.ones((height, width), bool),
         filled_cells={},
+        files={},
     )
+
+
+def valid_in_every_stream(rasters):
+    return rasters.multispectral_valid & rasters.lidar_valid
 
 
 def proto_api_example(rasters, config, r, c):
@@ -114,7 +168,7 @@ def proto_api_example(rasters, config, r, c):
 def test_encoded_examples_equal_proto_api_examples(channels):
     config = CONFIG.replace({"streams.lidar_channels": list(channels)})
     rasters = random_scene(config)
-    rows, cols = sample_pixels(rasters.labels, config, np.random.default_rng(0))
+    rows, cols = sample_pixels(rasters.labels, valid_in_every_stream(rasters), config, np.random.default_rng(0))
     picks = [0, 1, len(rows) // 2, len(rows) - 1]
     serialized = encode_examples(rasters, rows[picks], cols[picks], config)
 
@@ -124,7 +178,7 @@ def test_encoded_examples_equal_proto_api_examples(channels):
 
 def test_encoded_examples_parse_back_exactly_with_the_raw_feature_spec():
     rasters = random_scene(CONFIG)
-    rows, cols = sample_pixels(rasters.labels, CONFIG, np.random.default_rng(0))
+    rows, cols = sample_pixels(rasters.labels, valid_in_every_stream(rasters), CONFIG, np.random.default_rng(0))
     serialized = encode_examples(rasters, rows, cols, CONFIG)
     parsed = tf.io.parse_example(serialized, raw_feature_spec(CONFIG))
 
@@ -141,7 +195,7 @@ def test_encoded_examples_parse_back_exactly_with_the_raw_feature_spec():
 
 def test_no_pixels_give_no_examples():
     rasters = random_scene(CONFIG, height=P - 1, width=P - 1)
-    rows, cols = sample_pixels(rasters.labels, CONFIG, np.random.default_rng(0))
+    rows, cols = sample_pixels(rasters.labels, valid_in_every_stream(rasters), CONFIG, np.random.default_rng(0))
     assert rows.size == 0
     assert encode_examples(rasters, rows, cols, CONFIG) == []
 
@@ -163,7 +217,7 @@ CENTRE_HEIGHT_TOLERANCE_M = 0.05  # a bare cell reads up to 0.0375 m of in-cell 
 def test_patch_centres_match_the_source_when_streams_are_on_other_grids(tmp_path, streams):
     config = CONFIG.replace({"ingest.max_per_class": 0})
     rasters = load_scene(write_scene(tmp_path, config=config, **streams), config)
-    rows, cols = sample_pixels(rasters.labels, config, np.random.default_rng(0))
+    rows, cols = sample_pixels(rasters.labels, valid_in_every_stream(rasters), config, np.random.default_rng(0))
     parsed = tf.io.parse_example(encode_examples(rasters, rows, cols, config), raw_feature_spec(config))
 
     inside = region_interior(ALIGNMENT_MARGIN_PX)[rows, cols]

@@ -1,21 +1,31 @@
-"""Scene ExampleGen on real files and real Beam: spatial split, per-band features, bad scenes reported together."""
+"""Scene ExampleGen on real files and real Beam: three splits with a buffer, valid pixels only, per-band features,
+bad scenes reported together, the ingest report."""
 import glob
+import json
+import logging
 import os
-import shutil
 
+import numpy as np
 import pytest
+import rasterio
 import tensorflow as tf
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 
-import numpy as np
-
-from components.scene_example_gen import BadScenesError, Executor, SceneExampleGen, assign_blocks, resolve_newest_span
-from pipeline.config import Config
+from components.scene_example_gen import (
+    BUFFER_DROPPED, INGEST_REPORT_FILE, INGEST_REPORT_PROPERTY, BadScenesError, Executor, SceneExampleGen,
+    SceneSummary, SplitPlan, assign_blocks, band_scale_outliers, read_ingest_report, resolve_newest_span,
+    scene_examples,
+)
+from components.scenes import SceneError
+from pipeline.config import SPLITS, TEST, TRAIN, VALIDATION, Config
 from synth.scenes import generate_sample
-from tiny_scenes import write_scene
-from transforms.features import BLOCK_ID, LABEL, layout, raw_feature_spec
+from tiny_scenes import REFERENCE_CRS, SIZE, reference_transform, write_raster, write_scene
+from transforms.features import BLOCK_ID, COL, LABEL, ROW, SCENE_ID, layout, raw_feature_spec
+
+P = Config().ingest.patch_size
+HALF = P // 2
 
 
 def run_executor(config: Config, data_root, output_dir, pattern="span-0001/*/*"):
@@ -35,31 +45,244 @@ def run_executor(config: Config, data_root, output_dir, pattern="span-0001/*/*")
 def read_split(uri, split, config):
     files = glob.glob(os.path.join(uri, f"Split-{split}", "*.gz"))
     dataset = tf.data.TFRecordDataset(files, compression_type="GZIP").batch(4096)
+    return parse(dataset, config)
+
+
+def parse(batches, config):
     spec = raw_feature_spec(config)
-    rows = [tf.io.parse_example(batch, spec) for batch in dataset]
+    rows = [tf.io.parse_example(batch, spec) for batch in batches]
+    if not rows:
+        return {key: np.empty(0) for key in spec}
     return {key: tf.concat([r[key] for r in rows], 0).numpy() for key in spec}
+
+
+def split_overlaps(splits, size):
+    """Pixels of each scene covered by windows of more than one split, from the written row/col features."""
+    covered = {}
+    for index, split in enumerate(SPLITS):
+        data = splits[split]
+        for scene, row, col in zip(data[SCENE_ID].tolist(), data[ROW].tolist(), data[COL].tolist()):
+            grid = covered.setdefault(scene, np.zeros((len(SPLITS), size, size), bool))
+            grid[index, row - HALF:row + HALF + 1, col - HALF:col + HALF + 1] = True
+    return {scene: int(np.count_nonzero(grid.sum(axis=0) > 1)) for scene, grid in covered.items()}
 
 
 @pytest.fixture(scope="module")
 def sample_root(tmp_path_factory):
+    """The default sample, smaller: 4 scenes of 96 px."""
     root = tmp_path_factory.mktemp("data")
-    generate_sample(root, Config(), spans=1, scenes_per_span=3, size=96, seed=3)
+    generate_sample(root, Config(), spans=1, scenes_per_span=4, size=96, seed=3)
     return root
 
 
-def test_examples_are_split_spatially_with_one_feature_per_band(sample_root, tmp_path):
-    config = Config().replace({"ingest.block_size": 16})  # 84 blocks: enough to deal every class its share
-    examples = run_executor(config, sample_root, tmp_path / "out")
-    train, evaluation = read_split(examples.uri, "train", config), read_split(examples.uri, "eval", config)
-    assert len(train[LABEL]) > 3 * len(evaluation[LABEL]) > 0
-    assert not set(train[BLOCK_ID]) & set(evaluation[BLOCK_ID]), "a block sits in both splits"
-    for name in layout(config).stream_features:
-        assert train[name].shape == (len(train[LABEL]), config.ingest.patch_size ** 2)
-    assert set(train[LABEL]) == set(config.class_ids)
-    eval_share = {c: np.mean(evaluation[LABEL] == c) for c in config.class_ids}
-    train_share = {c: np.mean(train[LABEL] == c) for c in config.class_ids}
-    assert max(abs(eval_share[c] - train_share[c]) for c in config.class_ids) < 0.06, (train_share, eval_share)
-    assert train["ms_nir"].mean() > 1000 and train["lidar_height"].max() > 5
+def _run_on_sample(sample_root, tmp_path_factory, overrides):
+    config = Config().replace(overrides)
+    examples = run_executor(config, sample_root, tmp_path_factory.mktemp("out"))
+    return config, examples, {split: read_split(examples.uri, split, config) for split in SPLITS}
+
+
+@pytest.fixture(scope="module")
+def by_block(sample_root, tmp_path_factory):
+    return _run_on_sample(sample_root, tmp_path_factory, {})
+
+
+@pytest.fixture(scope="module")
+def by_scene(sample_root, tmp_path_factory):
+    return _run_on_sample(sample_root, tmp_path_factory, {"ingest.split_by": "scene"})
+
+
+def test_three_splits_of_whole_blocks_with_one_feature_per_band(by_block):
+    config, _, splits = by_block
+    sizes = {split: len(splits[split][LABEL]) for split in SPLITS}
+    assert sizes[TRAIN] > 2 * sizes[VALIDATION] > 0 and sizes[TRAIN] > 2 * sizes[TEST] > 0, sizes
+    blocks = {split: set(splits[split][BLOCK_ID].tolist()) for split in SPLITS}
+    assert not blocks[TRAIN] & blocks[VALIDATION] and not blocks[TRAIN] & blocks[TEST]
+    assert not blocks[VALIDATION] & blocks[TEST]
+    for split in SPLITS:
+        assert set(splits[split][LABEL].tolist()) == set(config.class_ids), split
+        for name in layout(config).stream_features:
+            assert splits[split][name].shape == (sizes[split], P * P)
+    shares = {split: np.array([np.mean(splits[split][LABEL] == c) for c in config.class_ids]) for split in SPLITS}
+    assert np.abs(shares[VALIDATION] - shares[TRAIN]).max() < 0.15 and np.abs(shares[TEST] - shares[TRAIN]).max() < 0.15
+    assert splits[TRAIN]["ms_nir"].mean() > 1000 and splits[TRAIN]["lidar_height"].max() > 5
+
+
+def test_no_validation_or_test_window_overlaps_a_training_window(by_block, sample_root):
+    _, examples, splits = by_block
+    assert split_overlaps(splits, 96) == {f"scene-{i:03d}".encode(): 0 for i in range(4)}
+
+    report = read_ingest_report(examples.uri)
+    assert report["split_by"] == "block" and report["bad_scenes"] == []
+    written = {split: len(splits[split][LABEL]) for split in SPLITS}
+    assert report["patches_per_split"] == written
+    cut = sum(scene["patches"] for scene in report["scenes"].values())
+    assert report["buffer_dropped"] == cut - sum(written.values()) > 0.1 * cut
+    for scene_dir in sorted((sample_root / "span-0001").iterdir()):
+        with rasterio.open(scene_dir / "labels.tif") as src:
+            labels = src.read(1)
+        scene = report["scenes"][scene_dir.name]
+        # The sample is valid everywhere: every labelled pixel whose window fits in the scene is cut.
+        assert scene["patches"] == scene["valid_labelled_pixels"] == np.count_nonzero(labels[HALF:-HALF, HALF:-HALF])
+        assert scene["labelled_pixels"] == np.count_nonzero(labels)
+        assert scene["masked_pixels"] == {"multispectral": 0, "lidar": 0, "labels": int(np.count_nonzero(labels == 0))}
+        assert set(scene["lidar_filled_cells"]) == {"height", "intensity"}
+    assert json.loads(examples.get_string_custom_property(INGEST_REPORT_PROPERTY)) == report
+    assert os.path.isfile(os.path.join(examples.uri, INGEST_REPORT_FILE))
+
+
+def test_a_scene_split_deals_whole_scenes_and_loses_nothing_to_the_buffer(by_scene, by_block):
+    _, examples, splits = by_scene
+    scenes = {split: set(splits[split][SCENE_ID].tolist()) for split in SPLITS}
+    assert all(scenes.values()) and sum(len(s) for s in scenes.values()) == 4
+    assert split_overlaps(splits, 96) == {f"scene-{i:03d}".encode(): 0 for i in range(4)}
+    report = read_ingest_report(examples.uri)
+    assert report["split_by"] == "scene" and report["buffer_dropped"] == 0
+    assert sum(report["patches_per_split"].values()) == sum(s["patches"] for s in report["scenes"].values())
+    assert report["scenes"] == read_ingest_report(by_block[1].uri)["scenes"]
+
+
+def test_blocks_are_dealt_so_every_class_gets_each_splits_share():
+    rng = np.random.default_rng(0)
+    # 300 blocks, each dominated by one of four classes; class 3 lives in few blocks only.
+    counts = {}
+    for i in range(300):
+        block = np.zeros(4, np.int64)
+        block[rng.choice(4, p=[0.4, 0.35, 0.2, 0.05])] = rng.integers(20, 60)
+        counts[b"scene/%d" % i] = block
+    fractions = [0.6, 0.2, 0.2]
+    assignment = assign_blocks(counts, fractions)
+    assert set(assignment) == set(counts) and set(assignment.values()) == {0, 1, 2}
+    total = np.sum(list(counts.values()), axis=0)
+    for split, fraction in enumerate(fractions):
+        in_split = np.sum([c for b, c in counts.items() if assignment[b] == split], axis=0)
+        np.testing.assert_allclose(in_split / total, fraction, atol=0.05)
+    assert assign_blocks(dict(reversed(list(counts.items()))), fractions) == assignment, "order must not matter"
+
+
+def test_no_split_is_left_empty_while_units_remain():
+    equal = {b"scene-%d" % i: np.array([100, 50]) for i in range(3)}
+    assert sorted(assign_blocks(equal, [0.6, 0.2, 0.2]).values()) == [0, 1, 2]
+
+
+def test_a_window_is_kept_only_where_every_block_it_touches_shares_its_split():
+    """Blocks a and c hold patches and go to different splits; block b between them holds none. A window
+    reaching from a into b and one reaching from c into b could overlap inside b: b counts as train."""
+    plan = SplitPlan("block", {b"a": SPLITS.index(TEST), b"c": SPLITS.index(TRAIN)}, frozenset(), [], {})
+    assert plan.split_index(("s", 10, (b"a",))) == SPLITS.index(TEST)
+    assert plan.split_index(("s", 10, (b"a", b"b"))) == BUFFER_DROPPED
+    assert plan.split_index(("s", 10, (b"c", b"b"))) == SPLITS.index(TRAIN)
+    assert plan.split_index(("s", 10, (b"c", b"a"))) == BUFFER_DROPPED
+
+
+def examples_of(scene_dir, config):
+    examples = scene_examples(str(scene_dir), config)
+    return parse([examples.serialized], config), examples.summary.report
+
+
+def test_a_nan_region_and_a_nodata_border_never_reach_an_example(tmp_path):
+    config = Config().replace({"ingest.max_per_class": 0})
+    nan_scene = write_scene(tmp_path, "scene-nan", float_reflectance=True)
+    with rasterio.open(nan_scene / "multispectral.tif") as src:
+        bands = src.read()
+    bands[3, 12:16, 10:14] = np.nan
+    write_raster(nan_scene / "multispectral.tif", bands, REFERENCE_CRS, reference_transform())
+    examples, report = examples_of(nan_scene, config)
+    ms = np.stack([examples[name] for name in layout(config).multispectral], 1)
+    assert np.isfinite(ms).all() and np.isfinite(examples["lidar_height"]).all()
+    rows, cols = examples[ROW], examples[COL]
+    reaches = (rows + HALF >= 12) & (rows - HALF < 16) & (cols + HALF >= 10) & (cols - HALF < 14)
+    assert not reaches.any()
+    assert ((rows == 12 - HALF - 1) & (cols == 11)).any()  # the window just clear of the region is kept
+    assert report["masked_pixels"]["multispectral"] == 16
+
+    nodata_scene = write_scene(tmp_path, "scene-nodata")
+    with rasterio.open(nodata_scene / "multispectral.tif") as src:
+        bands = src.read()
+    bands[:, :, -3:] = 0  # an east fill border, declared nodata
+    write_raster(nodata_scene / "multispectral.tif", bands, REFERENCE_CRS, reference_transform(), nodata=0)
+    examples, report = examples_of(nodata_scene, config)
+    ms = np.stack([examples[name] for name in layout(config).multispectral], 1)
+    assert ms.min() > 0 and examples[COL].max() == SIZE - 3 - HALF - 1
+    assert report["masked_pixels"]["multispectral"] == 3 * SIZE
+
+
+def test_lidar_covering_half_a_scene_yields_no_patch_beyond_the_gap(tmp_path):
+    scene_dir = write_scene(tmp_path, "scene-half", holes=[(0, SIZE, 20, SIZE)])  # no returns east of col 20
+    config = Config().replace({"ingest.max_per_class": 0, "ingest.min_valid_share": 0.2})
+    examples, report = examples_of(scene_dir, config)
+    assert examples[COL].max() + HALF == 20  # the column 1 m from the returns is filled, the next is not
+    assert np.isfinite(examples["lidar_intensity"]).all()
+    assert report["lidar_filled_cells"] == {"height": SIZE, "intensity": SIZE}
+    assert report["masked_pixels"]["lidar"] == SIZE * (SIZE - 21)
+    labelled_with_window = 32 * 13  # rows 4..35, cols 4..16: all labelled
+    assert report["valid_labelled_pixels"] == report["patches"] == labelled_with_window
+
+    with pytest.raises(SceneError) as raised:
+        scene_examples(str(scene_dir), Config())
+    assert raised.value.path == str(scene_dir / "lidar.las")
+    assert f"only {labelled_with_window / 1400:.1%} of its 1,400 labelled pixels" in raised.value.problem
+    assert "ingest.min_valid_share 50%" in raised.value.problem
+    assert "ingest.max_lidar_gap_m 1.5 m" in raised.value.problem
+
+
+def write_span(root, scales):
+    """One tiny scene per scale, its multispectral values multiplied by it (uint16, as delivered)."""
+    for name, scale in scales.items():
+        scene_dir = write_scene(root, name)
+        with rasterio.open(scene_dir / "multispectral.tif") as src:
+            bands = src.read().astype(float)
+        write_raster(scene_dir / "multispectral.tif", np.rint(bands * scale).astype(np.uint16), REFERENCE_CRS,
+                     reference_transform())
+
+
+SPAN_WITH_AN_8_BIT_SCENE = {"scene-a": 0.8, "scene-b": 1.0, "scene-c": 1.25, "scene-8bit": 1 / 40}
+
+
+def test_a_scene_delivered_in_8_bit_stops_the_run_naming_it(tmp_path):
+    write_span(tmp_path / "data", SPAN_WITH_AN_8_BIT_SCENE)
+    write_scene(tmp_path / "data", "scene-unreadable", band_count=3)
+    with pytest.raises(BadScenesError) as failure:
+        run_executor(Config().replace({"ingest.block_size": 10}), tmp_path / "data", tmp_path / "out")
+    message = str(failure.value)
+    assert "2 of 5 scenes are bad" in message
+    # Blue of the tiny scenes: 1,000 + class id, median 1,030 (grass); / 40 and rounded: 26.
+    assert f"scene scene-8bit: {tmp_path / 'data' / 'span-0001' / 'scene-8bit' / 'multispectral.tif'}: band blue " \
+           f"median 26.0 vs 1,030.0, band green median 28.0 vs 1,130.0, " in message
+    assert "scene-unreadable" in message and "3 bands" in message
+    for ordinary in ("scene-a", "scene-b", "scene-c"):
+        assert ordinary not in message
+
+
+def test_skip_mode_leaves_bad_scenes_out_and_keeps_the_others(tmp_path):
+    write_span(tmp_path / "data", SPAN_WITH_AN_8_BIT_SCENE)
+    config = Config().replace({"ingest.on_bad_scene": "skip", "ingest.block_size": 10})
+    examples = run_executor(config, tmp_path / "data", tmp_path / "out")
+    scenes = set()
+    for split in SPLITS:
+        scenes |= set(read_split(examples.uri, split, config)[SCENE_ID].tolist())
+    assert scenes == {b"scene-a", b"scene-b", b"scene-c"}
+    report = read_ingest_report(examples.uri)
+    assert sorted(report["scenes"]) == ["scene-a", "scene-b", "scene-c"]
+    (bad,) = report["bad_scenes"]
+    assert bad.startswith("scene scene-8bit: ") and "band red median" in bad
+    cut = sum(scene["patches"] for scene in report["scenes"].values())
+    assert sum(report["patches_per_split"].values()) + report["buffer_dropped"] == cut
+
+
+def summary(scene_id, medians):
+    return SceneSummary(scene_id, f"/data/{scene_id}/multispectral.tif", {}, tuple(medians), {})
+
+
+def test_band_scales_are_compared_only_with_three_scenes_or_more(caplog):
+    config = Config()
+    ordinary = [summary(f"s{i}", [400 * scale, 800, 500, 3400, 1900]) for i, scale in enumerate((0.7, 1.0, 1.4))]
+    assert band_scale_outliers(ordinary, config) == {}
+    unscaled = summary("s-float", [0.04, 0.08, 0.05, 0.34, 0.19])  # reflectance 0..1 delivered as uint16 x 1
+    (problem,) = band_scale_outliers(ordinary + [unscaled], config).values()
+    assert problem.startswith("scene s-float: /data/s-float/multispectral.tif: band blue median 0.0 vs 400.0")
+    with caplog.at_level(logging.WARNING):
+        assert band_scale_outliers([ordinary[0], unscaled], config) == {}
+    assert "Band scales not compared across scenes: 2 scene(s) read, the check needs at least 3" in caplog.text
 
 
 def test_all_bad_scenes_are_reported_at_once(tmp_path):
@@ -76,38 +299,10 @@ def test_all_bad_scenes_are_reported_at_once(tmp_path):
     assert "scene-good" not in message
 
 
-def test_skip_mode_keeps_the_good_scenes(tmp_path):
-    root = tmp_path / "data"
-    write_scene(root, "scene-good")
-    write_scene(root, "scene-bad", band_count=3)
-    config = Config().replace({"ingest.on_bad_scene": "skip", "ingest.block_size": 10})
-    examples = run_executor(config, root, tmp_path / "out")
-    scenes = set()
-    for split in ("train", "eval"):
-        scenes |= set(read_split(examples.uri, split, config)["scene_id"])
-    assert scenes == {b"scene-good"}
-
-
 def test_no_scene_folders_is_an_error_naming_the_pattern(tmp_path):
     (tmp_path / "data" / "span-0001").mkdir(parents=True)
     with pytest.raises(BadScenesError, match=r"span-0001/\*/\*: no scene folders match"):
         run_executor(Config(), tmp_path / "data", tmp_path / "out")
-
-
-def test_blocks_are_dealt_so_every_class_gets_its_eval_share():
-    rng = np.random.default_rng(0)
-    # 200 blocks, each dominated by one of four classes; class 3 lives in few blocks only.
-    counts = {}
-    for i in range(200):
-        block = np.zeros(4, np.int64)
-        block[rng.choice(4, p=[0.4, 0.35, 0.2, 0.05])] = rng.integers(20, 60)
-        counts[b"scene/%d" % i] = block
-    assignment = assign_blocks(counts, [0.8, 0.2])
-    assert set(assignment) == set(counts) and set(assignment.values()) == {0, 1}
-    total = np.sum(list(counts.values()), axis=0)
-    in_eval = np.sum([c for b, c in counts.items() if assignment[b] == 1], axis=0)
-    np.testing.assert_allclose(in_eval / total, 0.2, atol=0.05)
-    assert assign_blocks(dict(reversed(list(counts.items()))), [0.8, 0.2]) == assignment, "order must not matter"
 
 
 def test_an_unresolved_span_pattern_is_resolved_to_the_newest_span(tmp_path):

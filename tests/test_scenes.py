@@ -1,12 +1,13 @@
-"""load_scene on tiny real GeoTIFF and LAS/LAZ files: alignment, LiDAR rasterisation, fills and bad input."""
+"""load_scene on tiny real GeoTIFF and LAS/LAZ files: alignment, LiDAR rasterisation, fills, masks and bad input."""
 import logging
 import pickle
 
 import numpy as np
 import pytest
+import rasterio
 import tensorflow as tf
 
-from components.scenes import HEIGHT_FILL_RADIUS_M, SceneError, load_scene, scene_dirs
+from components.scenes import SceneError, load_scene, scene_dirs
 from pipeline.config import LIDAR_CHANNEL_CHOICES, Config
 from tiny_scenes import (
     REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value, reference_transform, region_interior, truth,
@@ -43,12 +44,15 @@ def _upload(scene_dir, uri):
 
 def test_a_scene_on_a_bucket_reads_like_a_local_one(tmp_path):
     local = write_scene(tmp_path, config=ALL_CHANNELS)
-    remote = load_scene(_upload(local, "ram://bucket/span-0001/scene-001"), ALL_CHANNELS)
+    uri = _upload(local, "ram://bucket/span-0001/scene-001")
+    remote = load_scene(uri, ALL_CHANNELS)
     expected = load_scene(local, ALL_CHANNELS)
     assert remote.scene_id == expected.scene_id == "scene-001"
     np.testing.assert_array_equal(remote.multispectral, expected.multispectral)
     np.testing.assert_array_equal(remote.lidar, expected.lidar)
     np.testing.assert_array_equal(remote.labels, expected.labels)
+    assert remote.files == {"multispectral": f"{uri}/multispectral.tif", "lidar": f"{uri}/lidar.las",
+                            "labels": f"{uri}/labels.tif"}
 
 
 def test_a_bad_scene_on_a_bucket_names_the_remote_file(tmp_path):
@@ -76,6 +80,7 @@ def test_streams_on_the_reference_grid(tmp_path):
     np.testing.assert_array_equal(channel(rasters, ALL_CHANNELS, "return_ratio"), truth("return_ratio"))
     np.testing.assert_array_equal(channel(rasters, ALL_CHANNELS, "density"), truth("density"))
     assert rasters.filled_cells == {name: 0 for name in LIDAR_CHANNEL_CHOICES}
+    assert rasters.multispectral_valid.all() and rasters.lidar_valid.all() and rasters.labels_valid.all()
 
 
 def test_height_is_above_the_sloped_ground_not_absolute_z(tmp_path):
@@ -133,20 +138,37 @@ def test_intensity_is_the_mean_of_a_cells_points_and_empty_cells_are_filled(tmp_
     assert rasters.filled_cells == {"height": 1, "intensity": 1, "return_ratio": 1, "density": 0}
 
 
-def test_cells_without_points_are_filled_and_counted(tmp_path):
-    small = (5, 8, 5, 8)  # in the trees, every cell within 2 m of a cell with points
-    large = (5, 12, 26, 33)  # in the building, its middle farther than HEIGHT_FILL_RADIUS_M from any point
-    rasters = load_scene(write_scene(tmp_path, holes=[small, large]), CONFIG)
+@pytest.mark.parametrize("max_gap_m, invalid", [(1.5, (6, 11, 27, 32)), (2.0, (7, 10, 28, 31))])
+def test_cells_without_points_are_filled_only_within_the_gap_and_counted(tmp_path, max_gap_m, invalid):
+    """A 2 x 2 hole in the trees lies within 1 m of points; in a 7 x 7 hole in the building the ring of cells
+    2 m from any point is invalid at a gap of 1.5 m and filled at 2 m, its middle 3 x 3 (3 m) never."""
+    config = CONFIG.replace({"ingest.max_lidar_gap_m": max_gap_m})
+    rasters = load_scene(write_scene(tmp_path, holes=[(5, 7, 5, 7), (5, 12, 26, 33)]), config)
 
-    assert rasters.filled_cells == {"height": 9 + 49, "intensity": 9 + 49}
-    height = channel(rasters, CONFIG, "height")
-    np.testing.assert_allclose(height[5:8, 5:8], 15.0, atol=HEIGHT_TOLERANCE_M)
-    rows, cols = np.mgrid[5:12, 26:33]
-    to_points = np.minimum.reduce([rows - 4, 12 - rows, cols - 25, 33 - cols])
-    expected = np.where(to_points <= HEIGHT_FILL_RADIUS_M, 8.0, 0.0)
-    assert (expected == 0).any() and (expected == 8).any()
-    np.testing.assert_allclose(height[5:12, 26:33], expected, atol=HEIGHT_TOLERANCE_M)
-    np.testing.assert_array_equal(channel(rasters, CONFIG, "intensity"), truth("intensity"))
+    row0, row1, col0, col1 = invalid
+    expected_valid = np.ones((SIZE, SIZE), bool)
+    expected_valid[row0:row1, col0:col1] = False
+    np.testing.assert_array_equal(rasters.lidar_valid, expected_valid)
+    filled = 4 + 49 - (row1 - row0) * (col1 - col0)
+    assert rasters.filled_cells == {"height": filled, "intensity": filled}
+    assert np.isnan(rasters.lidar[:, ~expected_valid]).all()
+    np.testing.assert_allclose(channel(rasters, config, "height")[expected_valid], truth("height")[expected_valid],
+                               atol=HEIGHT_TOLERANCE_M)
+    np.testing.assert_array_equal(channel(rasters, config, "intensity")[expected_valid],
+                                  truth("intensity")[expected_valid])
+    assert rasters.multispectral_valid.all()
+
+
+@pytest.mark.parametrize("lidar", ["las", "rasters"])
+def test_lidar_covering_half_the_scene_is_invalid_beyond_the_gap(tmp_path, lidar):
+    """No returns (or nodata) east of column 20: column 20 is 1 m from data and filled, the rest invalid."""
+    rasters = load_scene(write_scene(tmp_path, lidar=lidar, holes=[(0, SIZE, 20, SIZE)]), CONFIG)
+
+    cols = np.broadcast_to(np.arange(SIZE), (SIZE, SIZE))
+    np.testing.assert_array_equal(rasters.lidar_valid, cols <= 20)
+    assert rasters.filled_cells == {"height": SIZE, "intensity": SIZE}
+    assert np.isnan(rasters.lidar[:, :, 21:]).all() and np.isfinite(rasters.lidar[:, :, :21]).all()
+    np.testing.assert_array_equal(channel(rasters, CONFIG, "intensity")[:, 20], truth("intensity")[:, 19])
 
 
 def test_prerasterised_lidar_on_another_grid_is_resampled(tmp_path):
@@ -157,14 +179,85 @@ def test_prerasterised_lidar_on_another_grid_is_resampled(tmp_path):
     interior = region_interior(3)
     for name in config.streams.lidar_channels:
         np.testing.assert_allclose(channel(rasters, config, name)[interior], truth(name)[interior], atol=1e-3)
-        assert np.isfinite(channel(rasters, config, name)).all()
+    assert rasters.lidar_valid.all() and np.isfinite(rasters.lidar).all()
 
 
-def test_nodata_in_prerasterised_lidar_is_filled_and_counted(tmp_path):
+def test_nodata_in_prerasterised_lidar_is_filled_within_the_gap_and_counted(tmp_path):
     rasters = load_scene(write_scene(tmp_path, lidar="rasters", holes=[(10, 13, 10, 13)]), CONFIG)
-    assert rasters.filled_cells == {"height": 9, "intensity": 9}
-    np.testing.assert_allclose(channel(rasters, CONFIG, "height")[10:13, 10:13], 15.0)
-    np.testing.assert_allclose(channel(rasters, CONFIG, "intensity")[10:13, 10:13], truth("intensity")[10, 10])
+    assert rasters.filled_cells == {"height": 8, "intensity": 8}
+    assert np.flatnonzero(~rasters.lidar_valid).tolist() == [11 * SIZE + 11]  # 2 m from data: beyond 1.5 m
+    ring = np.ones((3, 3), bool)
+    ring[1, 1] = False
+    np.testing.assert_allclose(channel(rasters, CONFIG, "height")[10:13, 10:13][ring], 15.0)
+    np.testing.assert_allclose(channel(rasters, CONFIG, "intensity")[10:13, 10:13][ring], truth("intensity")[10, 10])
+
+
+def test_non_finite_values_in_prerasterised_lidar_are_invalid(tmp_path):
+    scene_dir = write_scene(tmp_path, lidar="rasters")
+    with rasterio.open(scene_dir / "lidar_intensity.tif") as src:
+        intensity = src.read(1)
+    intensity[30:36, 2:8] = np.nan  # not the declared nodata: NaN all the same
+    write_raster(scene_dir / "lidar_intensity.tif", intensity, REFERENCE_CRS, reference_transform(), nodata=-9999.0)
+    rasters = load_scene(scene_dir, CONFIG)
+    expected_valid = np.ones((SIZE, SIZE), bool)
+    expected_valid[31:35, 3:7] = False  # the cells more than 1.5 m inside the NaN block
+    np.testing.assert_array_equal(rasters.lidar_valid, expected_valid)
+    assert rasters.filled_cells == {"height": 0, "intensity": 36 - 16}
+
+
+def _multispectral(scene_dir):
+    with rasterio.open(scene_dir / "multispectral.tif") as src:
+        return src.read()
+
+
+def test_nan_in_float_multispectral_is_invalid(tmp_path):
+    scene_dir = write_scene(tmp_path, float_reflectance=True)
+    bands = _multispectral(scene_dir)
+    bands[2, 5:9, 10:20] = np.nan  # one band is enough
+    bands[0, 30, 30] = np.inf
+    write_raster(scene_dir / "multispectral.tif", bands, REFERENCE_CRS, reference_transform())
+    rasters = load_scene(scene_dir, CONFIG)
+
+    expected_valid = np.ones((SIZE, SIZE), bool)
+    expected_valid[5:9, 10:20] = False
+    expected_valid[30, 30] = False
+    np.testing.assert_array_equal(rasters.multispectral_valid, expected_valid)
+    assert np.isnan(rasters.multispectral[:, ~expected_valid]).all()
+    assert np.isfinite(rasters.multispectral[:, expected_valid]).all()
+
+
+def test_declared_nodata_and_internal_mask_of_uint16_multispectral_are_invalid(tmp_path):
+    scene_dir = write_scene(tmp_path)
+    bands = _multispectral(scene_dir)
+    bands[:, :, :3] = 0  # a fill border on the west edge
+    bands[1, 20, 20] = 0  # one band's nodata invalidates the pixel
+    write_raster(scene_dir / "multispectral.tif", bands, REFERENCE_CRS, reference_transform(), nodata=0)
+    expected_valid = np.ones((SIZE, SIZE), bool)
+    expected_valid[:, :3] = False
+    expected_valid[20, 20] = False
+    np.testing.assert_array_equal(load_scene(scene_dir, CONFIG).multispectral_valid, expected_valid)
+
+    masked = write_scene(tmp_path / "masked")
+    mask = np.full((SIZE, SIZE), 255, np.uint8)
+    mask[35:, 35:] = 0
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked / "multispectral.tif", "r+") as dst:
+        dst.write_mask(mask)
+    np.testing.assert_array_equal(load_scene(masked, CONFIG).multispectral_valid, mask > 0)
+
+
+def test_labels_nodata_and_pixels_outside_the_labels_raster_are_unlabelled(tmp_path):
+    scene_dir = write_scene(tmp_path)
+    labels = truth("label").astype(np.uint8)[:30]  # the labels raster stops 10 rows short of the scene
+    labels[:5, :5] = 255
+    write_raster(scene_dir / "labels.tif", labels, REFERENCE_CRS, reference_transform(), nodata=255)
+    rasters = load_scene(scene_dir, CONFIG)
+
+    expected_valid = np.ones((SIZE, SIZE), bool)
+    expected_valid[:5, :5] = False
+    expected_valid[30:] = False
+    np.testing.assert_array_equal(rasters.labels_valid, expected_valid)
+    np.testing.assert_array_equal(rasters.labels, np.where(expected_valid, truth("label"), 0))
+    assert (truth("label")[expected_valid] == 0).any()  # explicitly unlabelled pixels are not masked
 
 
 def test_point_cloud_without_crs_is_taken_on_the_reference_crs(tmp_path, caplog):
