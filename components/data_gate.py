@@ -293,7 +293,7 @@ def evaluate(config: Config, counts: dict[str, dict[int, int]], schema_anomalies
     for split in (VALIDATION, TEST):
         if sum(counts[TRAIN].values()) and sum(counts[split].values()):
             _check(report, compare(f"{TRAIN} vs {split}", counts[TRAIN], counts[split], config.class_ids,
-                                   limits.train_eval_linf_max, limits.train_eval_js_max), names)
+                                   limits.label_skew_linf_max, limits.label_skew_js_max), names)
     # Every band and channel must be compared: one the statistics lack or TFDV cannot measure is not vouched for.
     report.problems.extend(f"feature skew {SKEW_COMPARISON} not measured: {why}" for why in skew.skipped)
     _check_features(report, skew)

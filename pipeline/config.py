@@ -90,9 +90,10 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    # Label distribution divergences (L-infinity and Jensen-Shannon) above these stop the run before Transform.
-    train_eval_linf_max: float = 0.15
-    train_eval_js_max: float = 0.05
+    # Label distribution divergences (L-infinity and Jensen-Shannon) above these stop the run before Transform:
+    # train vs validation and train vs test (skew), this span vs the serving model's training data (drift).
+    label_skew_linf_max: float = 0.15
+    label_skew_js_max: float = 0.05
     span_drift_linf_max: float = 0.10
     span_drift_js_max: float = 0.03
     # Per band and LiDAR channel: Jensen-Shannon divergence of the value distribution (TFDV, quantile histograms),

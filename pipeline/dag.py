@@ -51,8 +51,8 @@ def schema_file(config: Config) -> str:
 
 def label_skew_config(config: Config) -> tfx.proto.DistributionValidatorConfig:
     comparator = schema_pb2.FeatureComparator()
-    comparator.infinity_norm.threshold = config.validation.train_eval_linf_max
-    comparator.jensen_shannon_divergence.threshold = config.validation.train_eval_js_max
+    comparator.infinity_norm.threshold = config.validation.label_skew_linf_max
+    comparator.jensen_shannon_divergence.threshold = config.validation.label_skew_js_max
     return tfx.proto.DistributionValidatorConfig(
         default_slice_config=tfx.proto.DistributionValidatorConfig.DatasetConfig(
             feature=[tfx.proto.FeatureComparator(path=path_pb2.Path(step=[LABEL]), distribution_comparator=comparator)]

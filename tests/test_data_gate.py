@@ -155,7 +155,7 @@ def test_schema_anomalies_stop_the_run_unless_configured_to_report_only():
 
 def test_class_missing_from_training_stops_the_run():
     no_water = {**BALANCED, 80: 0}
-    report = evaluate(CONFIG.replace({"validation.train_eval_linf_max": 1.0, "validation.train_eval_js_max": 1.0}),
+    report = evaluate(CONFIG.replace({"validation.label_skew_linf_max": 1.0, "validation.label_skew_js_max": 1.0}),
                       splits(no_water, BALANCED, BALANCED), [], [], NOT_MEASURED)
     assert any("80 water" in p for p in report.problems)
 
