@@ -2,8 +2,8 @@
 
     .venv/bin/python -m bench.class_weight_modes [--seeds 2] [--work-dir DIR]
 
-Each seed gets its own data and pipeline root, so only Trainer and Evaluator re-run between modes; the macro
-recall drop threshold is lifted so no mode's verdict depends on the mode run before it.
+Each seed gets its own data and pipeline root, so only Trainer and Evaluator re-run between modes; the per-class
+and macro recall drop limits are lifted so no mode's verdict depends on the mode run before it.
 """
 import argparse
 import statistics
@@ -25,7 +25,8 @@ def measure(work_dir: Path, seeds: int) -> dict[str, list]:
         generate_sample(data, Config(), seed=seed)
         for mode in CLASS_WEIGHT_MODES:
             overrides = {"run.data_root": str(data), "run.pipeline_root": str(work_dir / f"root-seed{seed}"),
-                         "model.class_weights": mode, "model.seed": seed, "gate.max_macro_recall_drop": 1.0}
+                         "model.class_weights": mode, "model.seed": seed, "gate.max_macro_recall_drop": 1.0,
+                         "gate.max_class_recall_drop": 1.0}
             args = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
             subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args], check=True, capture_output=True)
             config = Config().replace(overrides)

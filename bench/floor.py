@@ -1,11 +1,12 @@
 """The floor: the pipeline's work done by a plain script, to show what the TFX orchestration costs.
 
-It reads the same scenes (the newest span, resolved by TFX's own span logic on the same split pattern),
-samples the same pixels, puts the same blocks in train and eval (SceneExampleGen's own assignment), z-scores
-every band and LiDAR channel on its training statistics in numpy (after the same per-channel clip/log step as
-the Transform), trains the same CNN with the same epochs, batch size, class weights, seed, shuffling and early
-stopping, and measures argmax recall on the eval split. Left out on purpose: tf.Example encoding, statistics,
-schema and skew validation, the SavedModel export and TFMA.
+It reads the same scenes (the newest span, resolved by TFX's own span logic on the same split pattern), samples
+the same valid pixels and deals the same blocks to train, validation and test with the same buffer (ingestion's
+own `sample_scene`, `split_units` and `plan_splits`), z-scores every band and LiDAR channel on its training
+statistics in numpy (after the same per-channel clip/log step as the Transform), trains the same CNN with the same
+epochs, batch size, class weights, seed, shuffling and early stopping on the validation split, and measures argmax
+recall on the test split. Left out on purpose: tf.Example encoding, statistics, schema, skew and drift validation,
+the SavedModel export and TFMA.
 
     python -m bench.floor --data-root data/sample --set model.epochs=3 --json floor.json
 """
@@ -27,29 +28,27 @@ from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
-from components.patches import block_ids, extract_patches, sample_pixels
-from components.scene_example_gen import (SceneExampleGen, SceneExamples, assign_blocks, block_label_counts,
-                                          merge_block_counts, scene_rng)
-from components.scenes import load_scene, scene_dirs
+from components.patches import extract_patches
+from components.scene_example_gen import (BUFFER_DROPPED, SceneExampleGen, SceneSummary, band_medians, plan_splits,
+                                          sample_scene, split_units, unit_label_counts)
+from components.scenes import SceneError, scene_dirs
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
 from models.trainer import MAX_SHUFFLE_BUFFER, VAL_MACRO_RECALL, MacroRecallCallback
-from pipeline.config import Config, load_config
+from pipeline.config import SPLITS, TEST, TRAIN, VALIDATION, Config, load_config
 from transforms.features import LIDAR_PREFIX, MULTISPECTRAL, layout
 from transforms.preprocessing import lidar_pretransform
-
-TRAIN_SPLIT = "train"  # the Trainer's TrainArgs and EvalArgs splits (pipeline/dag.py)
-EVAL_SPLIT = "eval"
 
 
 @dataclass
 class Patches:
-    """Every sampled patch of the span: (N, channels, P*P) values in feature-layout order."""
+    """Every patch the pipeline keeps: (N, channels, P*P) values in feature-layout order."""
 
     values: np.ndarray
     label_index: np.ndarray  # position of the class id in the class table
-    split: np.ndarray  # split name per patch
+    split: np.ndarray  # split name per patch (one of SPLITS)
+    buffer_dropped: int  # patches left out because their window reached into another split's block
 
 
 def scene_folders(config: Config) -> list[str]:
@@ -62,33 +61,45 @@ def scene_folders(config: Config) -> list[str]:
     return scene_dirs(fileio.glob(str(Path(input_base) / split.pattern)))
 
 
-def split_names(block_counts: dict[bytes, np.ndarray], config: Config) -> dict[bytes, str]:
-    """Split name of each block, by SceneExampleGen's own label-stratified assignment and output config."""
+def split_fractions(config: Config) -> list[float]:
+    """Each split's share of the units, in SPLITS order, from SceneExampleGen's own output config."""
     output = proto_utils.json_to_proto(SceneExampleGen(config).exec_properties["output_config"],
                                        example_gen_pb2.Output())
-    splits = output.split_config.splits
-    buckets = [split.hash_buckets for split in splits]
-    assignment = assign_blocks(block_counts, [b / sum(buckets) for b in buckets])
-    return {block: splits[index].name for block, index in assignment.items()}
+    buckets = [split.hash_buckets for split in output.split_config.splits]
+    return [b / sum(buckets) for b in buckets]
 
 
 def read_patches(config: Config) -> Patches:
-    """Same scenes, same sampled pixels (same seed per scene), same patches and blocks as ingestion."""
+    """Same scenes, same valid sampled pixels (same seed per scene), same split plan and buffer as ingestion."""
     index_of = {class_id: i for i, class_id in enumerate(config.class_ids)}
-    values, labels, blocks, block_counts = [], [], [], []
+    errors, summaries, scenes = [], [], []
     for folder in scene_folders(config):
-        rasters = load_scene(folder, config)
-        rows, cols = sample_pixels(rasters.labels, config, scene_rng(config, rasters.scene_id))
-        scene = SceneExamples(serialized=[], blocks=block_ids(rasters.scene_id, rows, cols, config.ingest.block_size),
-                              labels=rasters.labels[rows, cols])
+        try:
+            rasters, rows, cols, report = sample_scene(folder, config)
+        except SceneError as err:  # plan_splits fails on it (or leaves it out), as ingestion does
+            errors.append(str(err))
+            continue
+        labels = rasters.labels[rows, cols]
+        units = split_units(rasters.scene_id, rows, cols, config)
+        summaries.append(SceneSummary(rasters.scene_id, rasters.files["multispectral"],
+                                      unit_label_counts(units, labels, config.class_ids), band_medians(rasters),
+                                      report))
         stack = np.concatenate([rasters.multispectral, rasters.lidar])
-        values.append(extract_patches(stack, rows, cols, config.ingest.patch_size))
-        labels.append([index_of[label] for label in scene.labels.tolist()])
-        blocks += scene.blocks
-        block_counts.append(block_label_counts(scene, config.class_ids))
-    split_of = split_names(merge_block_counts(block_counts), config)
-    return Patches(np.concatenate(values), np.concatenate(labels).astype(np.int64),
-                   np.array([split_of[block] for block in blocks]))
+        scenes.append((rasters.scene_id, labels, units,
+                       extract_patches(stack, rows, cols, config.ingest.patch_size)))
+    plan = plan_splits(errors, summaries, split_fractions(config), config)
+    values, label_index, split = [], [], []
+    dropped = 0
+    for scene_id, labels, units, patches in scenes:
+        index = np.array([plan.split_index((scene_id, label, touched))
+                          for label, touched in zip(labels.tolist(), units)], np.int64)
+        dropped += int(np.count_nonzero(index == BUFFER_DROPPED))
+        kept = index < len(SPLITS)
+        values.append(patches[kept])
+        label_index.append([index_of[label] for label in labels[kept].tolist()])
+        split.append(np.array(SPLITS)[index[kept]])
+    return Patches(np.concatenate(values), np.concatenate(label_index).astype(np.int64), np.concatenate(split),
+                   dropped)
 
 
 def normalise(patches: Patches, config: Config) -> np.ndarray:
@@ -96,7 +107,7 @@ def normalise(patches: Patches, config: Config) -> np.ndarray:
     if config.transform.normalization != "per_stream":  # the "none" ablation: raw values, as the Transform
         return patches.values
     lay = layout(config)
-    train = patches.split == TRAIN_SPLIT
+    train = patches.split == TRAIN
     out = np.empty_like(patches.values)
     for channel, name in enumerate(lay.stream_features):
         values = patches.values[:, channel]
@@ -121,12 +132,12 @@ def model_inputs(values: np.ndarray, config: Config) -> dict[str, np.ndarray]:
 
 
 def train_and_evaluate(values: np.ndarray, patches: Patches, config: Config) -> dict:
-    """The Trainer's fit (same model, weights, epochs, batch, seed, shuffle and early stopping), then argmax
-    recall on the eval split."""
+    """The Trainer's fit (same model, weights, epochs, batch, seed, shuffle, early stopping on the validation
+    split), then argmax recall on the test split, the Evaluator's data."""
     timings = {}
     started = time.perf_counter()
     num_classes = len(config.class_ids)
-    train, evaluation = patches.split == TRAIN_SPLIT, patches.split == EVAL_SPLIT
+    train, validation, test = (patches.split == name for name in (TRAIN, VALIDATION, TEST))
     train_counts = np.bincount(patches.label_index[train], minlength=num_classes)
     weights = class_weights(dict(zip(config.class_ids, train_counts.tolist())), config.class_ids,
                             config.model.class_weights, config.model.effective_number_beta)
@@ -137,19 +148,19 @@ def train_and_evaluate(values: np.ndarray, patches: Patches, config: Config) -> 
                   .shuffle(min(int(train.sum()), MAX_SHUFFLE_BUFFER), seed=config.model.seed,
                            reshuffle_each_iteration=True)
                   .batch(batch).prefetch(tf.data.AUTOTUNE))
-    eval_inputs = model_inputs(values[evaluation], config)
-    eval_data = tf.data.Dataset.from_tensor_slices((eval_inputs, patches.label_index[evaluation])).batch(batch)
+    validation_data = tf.data.Dataset.from_tensor_slices(
+        (model_inputs(values[validation], config), patches.label_index[validation])).batch(batch)
     model = build_model(config)
     history = model.fit(
-        train_data, validation_data=eval_data, epochs=config.model.epochs, verbose=0, class_weight=weights,
-        callbacks=[MacroRecallCallback(eval_data, num_classes),
+        train_data, validation_data=validation_data, epochs=config.model.epochs, verbose=0, class_weight=weights,
+        callbacks=[MacroRecallCallback(validation_data, num_classes),
                    tf_keras.callbacks.EarlyStopping(monitor=VAL_MACRO_RECALL, mode="max",
                                                     patience=config.model.early_stopping_patience,
                                                     restore_best_weights=True)])
     timings["train"] = time.perf_counter() - started
     started = time.perf_counter()
-    probabilities = model.predict(eval_inputs, batch_size=batch, verbose=0)
-    recalls = argmax_recalls(patches.label_index[evaluation], probabilities, num_classes)
+    probabilities = model.predict(model_inputs(values[test], config), batch_size=batch, verbose=0)
+    recalls = argmax_recalls(patches.label_index[test], probabilities, num_classes)
     predicted = np.bincount(np.argmax(probabilities, axis=-1), minlength=num_classes)
     timings["evaluate"] = time.perf_counter() - started
     return {
@@ -172,7 +183,8 @@ def run_floor(config: Config) -> dict:
     result = train_and_evaluate(values, patches, config)
     result["seconds"] = {"read": read_seconds, "normalise": normalise_seconds, **result["seconds"]}
     result["seconds"]["total"] = sum(result["seconds"].values())
-    result["examples"] = {name: int(np.count_nonzero(patches.split == name)) for name in (TRAIN_SPLIT, EVAL_SPLIT)}
+    result["examples"] = {name: int(np.count_nonzero(patches.split == name)) for name in SPLITS}
+    result["buffer_dropped"] = patches.buffer_dropped
     return result
 
 
@@ -188,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = ", ".join(f"{stage} {value:.1f} s" for stage, value in result["seconds"].items())
     print(f"floor: {result['examples']} examples, {result['epochs_run']} epochs; {seconds}")
     recalls = ", ".join(f"{name} {value:.3f}" for name, value in result["per_class_recall"].items())
-    print(f"eval argmax recall: {recalls}; macro {result['macro_recall']:.3f}")
+    print(f"{TEST} argmax recall: {recalls}; macro {result['macro_recall']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     return 0

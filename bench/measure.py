@@ -80,16 +80,18 @@ def run_measured(args: list[str], log_path: Path) -> ProcessMeasure:
     return ProcessMeasure(seconds, peak / 2**20, returncode)
 
 
-def run_pipelines(configs: list[Config], work: Path, name: str,
-                  record: bool) -> tuple[ProcessMeasure, list[dict[str, Any]]]:
+def run_pipelines(configs: list[Config], work: Path, name: str, record: bool,
+                  judge_against_first: bool = False) -> tuple[ProcessMeasure, list[dict[str, Any]]]:
     """The configs run one after another in one fresh worker process (bench/worker.py); per run its result,
-    with its record from ML Metadata if `record`."""
+    with its record from ML Metadata if `record`. With `judge_against_first`, every later run's serving dir holds
+    only a copy of the version the first run published (`bench.worker.serve_only`)."""
     job, out = work / "jobs" / f"{name}.json", work / "jobs" / f"{name}.result.json"
     job.parent.mkdir(parents=True, exist_ok=True)
     job.write_text(json.dumps([config.to_dict() for config in configs]))
     out.unlink(missing_ok=True)
     log = work / "logs" / f"{name}.log"
-    measure = run_measured(["-m", "bench.worker", str(job), str(out)] + (["--record"] if record else []), log)
+    flags = (["--record"] if record else []) + (["--judge-against-first"] if judge_against_first else [])
+    measure = run_measured(["-m", "bench.worker", str(job), str(out), *flags], log)
     records = json.loads(out.read_text()) if out.exists() else []
     if measure.returncode != 0 or len(records) != len(configs):
         raise BenchError(f"{name}: worker exited {measure.returncode} after {len(records)} of {len(configs)} runs; "
@@ -129,8 +131,17 @@ def _git(*args: str) -> str:
         return "unknown"
 
 
-def machine() -> dict[str, Any]:
+def code_and_date() -> dict[str, Any]:
+    """The code being measured (commit, and how many tracked files differ from it) and the date, now."""
     modified = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": _git("rev-parse", "HEAD"),
+        "git_modified_tracked_files": len(modified.splitlines()) if modified != "unknown" else "unknown",
+    }
+
+
+def machine() -> dict[str, Any]:
     return {
         "cpu_model": _cpu_model(),
         "logical_cores": os.cpu_count(),
@@ -139,10 +150,8 @@ def machine() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "packages": {name: importlib.metadata.version(name) for name in VERSIONED_PACKAGES},
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_modified_tracked_files": len(modified.splitlines()) if modified != "unknown" else "unknown",
+        **code_and_date(),
     }
 
 

@@ -1,8 +1,9 @@
 """`python -m bench.run`: measure speed and quality and write results.md, results.json and the plots.
 
-Sections (issue): ingest (2), pipeline (3), scaling, floor and ablations (5). The full run trains dozens of
-models (every size up to 16x the sample, 3 seeds x 12 ablation cells) and takes hours on 2 cores: run it on a
-quiet machine, where its times mean something. `--quick` (tiny data, one epoch) only checks the harness.
+Sections (issue): ingest (2), pipeline (3), scaling and floor (5), ablations (9). The full run trains dozens of
+models (every size up to 16x the sample; 3 seeds x 12 ablation cells plus a retrained full model) and takes hours
+on 2 cores: run it on a quiet machine, where its times mean something. `--quick` (tiny data, one epoch) only
+checks the harness. With `--only`, the sections not run are kept from the out dir's results.json.
 """
 from __future__ import annotations
 
@@ -45,9 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="tiny data and one epoch: checks the harness, measures nothing worth reporting")
     parser.add_argument("--ablation-cells", choices=ABLATION_CELL_SETS, default="all",
-                        help="all 12 cells (default), or only what terrafuse ships and the seed project's failure")
+                        help="all 12 cells (default); essential: what terrafuse ships and the seed project's failure; "
+                             "streams: those and the single-stream models with the shipped normalization and weights")
     parser.add_argument("--only", action="append", choices=SECTIONS,
-                        help="run only this section (repeatable); sections reuse each other's runs when both run")
+                        help="run only this section (repeatable); sections reuse each other's runs when both run. "
+                             "The out dir's other recorded sections are kept, each with the commit it was measured at")
     parser.add_argument("--work-dir", type=Path,
                         help="sample data, pipeline roots and logs (default: a new temporary folder, removed at the "
                              "end unless a section failed)")
@@ -66,6 +69,32 @@ def json_ready(value: Any) -> Any:
     return value
 
 
+def keep_unrun_sections(results: dict[str, Any], previous: dict[str, Any], selected: list[str]) -> list[str]:
+    """Copies into `results` the sections of an earlier record (`previous`) that this run does not measure, each
+    stamped with the commit, date and command it was measured with; a record older than those stamps gets its
+    top-level ones. Returns the names kept."""
+    stamp = {"date": previous["machine"]["date"], "git_commit": previous["machine"]["git_commit"],
+             "git_modified_tracked_files": previous["machine"]["git_modified_tracked_files"],
+             "command": previous["command"]}
+    kept = [name for name in SECTIONS if name not in selected and name in previous]
+    for name in kept:
+        results[name] = {report.MEASURED_KEY: stamp, **previous[name]}
+    return kept
+
+
+def _previous_record(out_dir: Path, quick: bool) -> dict[str, Any] | None:
+    """The out dir's results.json, if it is a record of the same kind (quick or not) as this run."""
+    path = out_dir / "results.json"
+    if not path.exists():
+        return None
+    previous = json.loads(path.read_text())
+    if previous.get("quick") != quick:
+        print(f"bench: {path} is {'a quick' if previous.get('quick') else 'a full'} record: its sections are not "
+              "kept beside this run's", flush=True)
+        return None
+    return previous
+
+
 def write(results: dict[str, Any], out_dir: Path) -> None:
     """results.json, results.md and the plots, from everything measured so far."""
     results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -79,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from bench.measure import command, machine  # TFX and TensorFlow load here, so `--help` stays instant
+    from bench.measure import code_and_date, command, machine  # TFX and TensorFlow load here: `--help` is instant
     from bench.sections import SECTION_FUNCTIONS, Bench
 
     settings = make_settings(args.seeds, args.sizes, args.quick, args.ablation_cells)
@@ -91,15 +120,20 @@ def main(argv: list[str] | None = None) -> int:
     selected = [name for name in SECTIONS if not args.only or name in args.only]
     results: dict[str, Any] = {"command": command(argv), "machine": machine(), "quick": settings.quick,
                                "settings": dataclasses.asdict(settings), "sections_run": selected}
+    previous = _previous_record(args.out_dir, settings.quick) if args.only else None
+    if previous:  # a partial run must not destroy the record of the sections it does not measure
+        results["sections_kept"] = keep_unrun_sections(results, previous, selected)
     bench = Bench(settings, work)
     failed = []
     for name in selected:
+        measured = {**code_and_date(), "command": results["command"]}
         try:
             results[name] = SECTION_FUNCTIONS[name](bench)
         except Exception as err:  # the other sections still run and report; this one says why it is empty
             traceback.print_exc()
             results[name] = {"error": f"{type(err).__name__}: {err}"}
             failed.append(name)
+        results[name][report.MEASURED_KEY] = measured
         results["bench_seconds"] = time.perf_counter() - started
         write(results, args.out_dir)  # after every section: a long run stopped later keeps what it measured
     print(f"bench: wrote {args.out_dir / 'results.md'}, results.json and the plots "

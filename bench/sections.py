@@ -5,6 +5,8 @@ pipeline section, the first scaling point and the floor's first comparison, meas
 """
 from __future__ import annotations
 
+import dataclasses
+import shutil
 import statistics
 import time
 from pathlib import Path
@@ -15,12 +17,13 @@ import numpy as np
 from bench.floor import scene_folders
 from bench.measure import ProcessMeasure, run_floor, run_pipelines
 from bench.report import weakest
-from bench.settings import ABLATION_OVERRIDES, Settings
-from bench.worker import record
+from bench.settings import RETRAIN_SEED_OFFSET, Settings
+from bench.worker import CLASS_DROP, EXAMPLES, FLOOR, MACRO_DROP, MAJORITY_EXCESS, record
+from components.atomic_pusher import latest_published
 from components.scene_example_gen import scene_examples
 from components.scenes import load_scene
 from models.fused_cnn import STREAMS_BY_MODE
-from pipeline.config import Config
+from pipeline.config import SPLITS, TEST, TRAIN, Config, GateConfig
 from synth.scenes import generate_sample
 
 
@@ -94,11 +97,11 @@ def run_summary(measure: ProcessMeasure, result: dict[str, Any]) -> dict[str, An
     counts = result["label_counts"]
     patches = None
     if counts is not None:
-        patches = {split: sum(by_class.values()) for split, by_class in counts.items()}
+        patches = {split: sum(counts[split].values()) for split in SPLITS}
         patches["total"] = sum(patches.values())
     trainer = None
     if result["training"] is not None and "Trainer" in components:
-        train_examples = sum(result["training"]["label_counts"]["train"].values())
+        train_examples = sum(result["training"]["label_counts"][TRAIN].values())
         seconds = components["Trainer"]["seconds"]
         trainer = {"epochs_run": result["training"]["epochs_run"], "train_examples": train_examples,
                    "seconds": seconds, "inside": result["training"]["seconds"],
@@ -114,6 +117,8 @@ def run_summary(measure: ProcessMeasure, result: dict[str, Any]) -> dict[str, An
         "components": components,
         "patches": patches,
         "trainer": trainer,
+        "ingest_report": result["ingest_report"],
+        "evaluated_split": TEST,
         "evaluation": result["evaluation"],
     }
 
@@ -172,7 +177,8 @@ def _line(x: list[float], y: list[float]) -> tuple[float, float]:
 
 
 def scaling(bench: Bench) -> dict[str, Any]:
-    """Issue 5: fresh and cached runs at each data size, marginal cost, and multi_processing at one size."""
+    """Issue 5: fresh and cached runs at each data size, marginal cost, and (unless --quick) multi_processing at
+    one size."""
     runs = [bench.pipeline(m) for m in bench.settings.multiples]
     marginal = []
     for before, after in zip(runs, runs[1:]):
@@ -190,14 +196,12 @@ def scaling(bench: Bench) -> dict[str, Any]:
         for node in runs[0]["fresh"]["components"]:
             fixed, per_patch = _line(patches, [run["fresh"]["components"][node]["seconds"] for run in runs])
             component_costs[node] = {"fixed_seconds": fixed, "seconds_per_1000_patches": 1000 * per_patch}
-    multiple = bench.settings.multi_processing_multiple
-    return {
-        "runs": runs,
-        "marginal": marginal,
-        "component_costs": component_costs,
-        "multi_processing": {"multiple": multiple, "in_memory": bench.pipeline(multiple),
-                             "multi_processing": bench.pipeline(multiple, "multi_processing", rerun=False)},
-    }
+    result = {"runs": runs, "marginal": marginal, "component_costs": component_costs}
+    if bench.settings.compare_multi_processing:
+        multiple = bench.settings.multi_processing_multiple
+        result["multi_processing"] = {"multiple": multiple, "in_memory": bench.pipeline(multiple),
+                                      "multi_processing": bench.pipeline(multiple, "multi_processing", rerun=False)}
+    return result
 
 
 def floor(bench: Bench) -> dict[str, Any]:
@@ -215,15 +219,23 @@ def floor(bench: Bench) -> dict[str, Any]:
 
 
 def ablation_cells(cell_set: str = "all") -> list[dict[str, str]]:
-    """streams x normalization x class weights, normalization outermost so each seed's root runs Transform
-    only twice (a cell that changes only the model reuses the cached Transform). "essential": the default cell
-    and the failure cell only."""
+    """streams x normalization x class weights, the full configuration first, then normalization outermost so
+    each seed's root runs Transform only twice (a cell that changes only the model reuses the cached Transform).
+    "essential": the full and the failure cell; "streams": those and the single-stream models with the shipped
+    normalization and class weights."""
     default = Config()
     cells = [{"streams": streams, "normalization": normalization, "class_weights": weights}
              for normalization in (default.transform.normalization, "none")
              for streams in STREAMS_BY_MODE
              for weights in (default.model.class_weights, "none")]
-    return cells if cell_set == "all" else [c for c in cells if c in (default_cell(), failure_cell())]
+    cells.sort(key=lambda cell: cell != default_cell())  # stable: the rest keep their order
+    if cell_set == "all":
+        return cells
+    chosen = [default_cell(), failure_cell()]
+    if cell_set == "streams":
+        chosen += [cell for cell in cells if is_single_stream(cell) and cell["normalization"] ==
+                   default.transform.normalization and cell["class_weights"] == default.model.class_weights]
+    return [cell for cell in cells if cell in chosen]
 
 
 def default_cell() -> dict[str, str]:
@@ -238,6 +250,14 @@ def failure_cell() -> dict[str, str]:
     return {"streams": Config().model.streams, "normalization": "none", "class_weights": "none"}
 
 
+def is_single_stream(cell: dict[str, str]) -> bool:
+    return cell["streams"] != Config().model.streams
+
+
+def cell_name(cell: dict[str, str]) -> str:
+    return f"{cell['streams']}-{cell['normalization']}-{cell['class_weights']}"
+
+
 def _spread(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, float)
     return {"mean": float(array.mean()), "min": float(array.min()), "max": float(array.max()),
@@ -245,29 +265,55 @@ def _spread(values: list[float]) -> dict[str, float]:
 
 
 def ablations(bench: Bench) -> dict[str, Any]:
-    """Issue 5: every cell as a real pipeline run, per seed (synthetic data seed and model.seed)."""
+    """Issue 9: every cell judged as production judges it, per seed (synthetic data seed and model.seed).
+
+    The full configuration runs first on a fresh serving dir and must be blessed and pushed. Every other cell,
+    and the full configuration retrained with another model seed, then runs with the shipped gate against a
+    serving dir of its own holding a copy of the full model's published version: each sees exactly the full
+    model as the serving model, whatever the cells before it pushed. One pipeline root and one worker process per
+    seed, so ingestion, statistics and Transform are cached between cells.
+    """
     settings = bench.settings
     cells = ablation_cells(settings.ablation_cells)
-    gate_floor = bench.base_config().gate.min_class_recall
+    base = bench.base_config()
     per_seed = []
     for seed in range(settings.seeds):
         data = bench.sample(settings.scenes, settings.scene_side, seed)
-        configs = [bench.base_config().replace({
-            **ABLATION_OVERRIDES,
-            "model.streams": cell["streams"], "transform.normalization": cell["normalization"],
-            "model.class_weights": cell["class_weights"], "model.seed": seed,
-            "run.data_root": str(data), "run.pipeline_root": str(bench.work / "ablations" / f"seed-{seed}"),
-        }) for cell in cells]
-        progress("ablations", f"seed {seed}: {len(cells)} cells in one pipeline root ...")
-        measure, results = run_pipelines(configs, bench.work, f"ablations-seed{seed}", record=True)
-        progress("ablations", f"  {measure.seconds:.1f} s")
+        root = bench.work / "ablations" / f"seed-{seed}"
+
+        def config(cell: dict[str, str], name: str, model_seed: int) -> Config:
+            return base.replace({
+                "model.streams": cell["streams"], "transform.normalization": cell["normalization"],
+                "model.class_weights": cell["class_weights"], "model.seed": model_seed,
+                "run.data_root": str(data), "run.pipeline_root": str(root),
+                "run.serving_dir": str(root / "serving" / name)})
+
+        full = config(default_cell(), cell_name(default_cell()), seed)
+        judged = [(cell, cell_name(cell), seed) for cell in cells[1:]]
+        judged.append((default_cell(), "retrained", seed + RETRAIN_SEED_OFFSET))
+        shutil.rmtree(full.serving_dir, ignore_errors=True)
+        progress("ablations", f"seed {seed}: the full configuration on a fresh serving dir, then {len(judged)} runs "
+                              "judged against it ...")
+        measure, (full_result, *results) = run_pipelines(
+            [full] + [config(cell, name, model_seed) for cell, name, model_seed in judged], bench.work,
+            f"ablations-seed{seed}", record=True, judge_against_first=True)
+        published = latest_published(full.serving_dir)
+        progress("ablations", f"  {measure.seconds:.1f} s; the full model "
+                              f"{'was' if published else 'was NOT'} published, blessed: "
+                              f"{bool(full_result['evaluation'] and full_result['evaluation']['blessed'])}")
+        full_run = {**default_cell(), "model_seed": seed, **_cell_outcome(full_result, None, base)}
+        runs = [full_run] + [{**cell, "model_seed": model_seed,
+                              **_cell_outcome(result, full_result["evaluation"] if published else None, base)}
+                             for (cell, _, model_seed), result in zip(judged, results)]
         per_seed.append({"seed": seed, "process_seconds": measure.seconds,
-                         "runs": [{**cell, **_cell_outcome(result, gate_floor)}
-                                  for cell, result in zip(cells, results)]})
+                         "full_published": published is not None, "runs": runs[:-1], "retrained": runs[-1]})
     return {
         "seeds": settings.seeds,
-        "gate": {"min_class_recall": gate_floor, **ABLATION_OVERRIDES},
+        "gate": dataclasses.asdict(base.gate),
+        "class_recall_floors": dict(zip(base.class_names, base.class_recall_floors)),
+        "retrain_seed_offset": RETRAIN_SEED_OFFSET,
         "cells": [_aggregate(cell, [seed["runs"][i] for seed in per_seed]) for i, cell in enumerate(cells)],
+        "retrained": _aggregate(default_cell(), [seed["retrained"] for seed in per_seed]),
         "default_cell": default_cell(),
         "failure_cell": {**failure_cell(),
                          "per_seed": [{"seed": seed["seed"], **seed["runs"][cells.index(failure_cell())]}
@@ -276,20 +322,56 @@ def ablations(bench: Bench) -> dict[str, Any]:
     }
 
 
-def _cell_outcome(result: dict[str, Any], gate_floor: float) -> dict[str, Any]:
+def limits_exceeded(evaluation: dict[str, Any], full: dict[str, Any] | None, gate: GateConfig,
+                    floors: dict[str, float]) -> list[str]:
+    """The check kinds a cell's measured test numbers violate, computed here from the cell's and the full model's
+    own evaluations (not from the gate's verdict): below a floor, too few examples, a class or the macro recall
+    more than the limit below the full model (`full`: None when there was no baseline), majority excess."""
+    recalls = evaluation["per_class_recall"]
+    kinds = []
+    if any(not recalls[name] >= floor for name, floor in floors.items()):  # NaN (no examples) is below too
+        kinds.append(FLOOR)
+    if any(n < gate.min_test_examples_per_class for n in evaluation["per_class_test_examples"].values()):
+        kinds.append(EXAMPLES)
+    if full is not None:
+        if any(full["per_class_recall"][name] - recalls[name] > gate.max_class_recall_drop for name in recalls):
+            kinds.append(CLASS_DROP)
+        if full["macro_recall"] - evaluation["macro_recall"] > gate.max_macro_recall_drop:
+            kinds.append(MACRO_DROP)
+    if evaluation["majority_excess"] > gate.max_majority_excess:
+        kinds.append(MAJORITY_EXCESS)
+    return kinds
+
+
+def _cell_outcome(result: dict[str, Any], full: dict[str, Any] | None, config: Config) -> dict[str, Any]:
+    """One run of a cell: the gate's verdict and the failed checks by kind, per-class recall on the test split and
+    its change against the baseline, which limits the numbers exceed, and whether the baseline was the full model
+    (the change the gate saw equals the cell's recall minus the full model's, per class)."""
     evaluation = result["evaluation"]
     if evaluation is None:
         return {"error": "the run stopped before the Evaluator (see the ablation log)"}
-    recalls = evaluation["per_class_recall"]
-    lowest = weakest(recalls)
+    recalls, changes = evaluation["per_class_recall"], evaluation["per_class_recall_change"]
+    baseline_is_full = False
+    if full is not None and changes is not None:
+        baseline_is_full = all(abs(recalls[n] - changes[n] - full["per_class_recall"][n]) < 1e-6 for n in recalls)
     return {
-        "per_class_recall": recalls,
-        "macro_recall": evaluation["macro_recall"],
-        "majority_prediction_share": evaluation["majority_prediction_share"],
         "blessed": evaluation["blessed"],
+        "pushed": result["pushed"],
         "failures": evaluation["failures"],
-        "weakest_class": lowest,
-        "collapsed": not recalls[lowest] >= gate_floor,  # some class under the gate's floor (or absent)
+        "failed_kinds": sorted({check["kind"] for check in result["failed_checks"]}),
+        "failed_checks": result["failed_checks"],
+        "limits_exceeded": limits_exceeded(evaluation, full, config.gate,
+                                           dict(zip(config.class_names, config.class_recall_floors))),
+        "baseline": result["baseline"],
+        "baseline_is_full_model": baseline_is_full,
+        "per_class_recall": recalls,
+        "per_class_recall_change": changes,
+        "per_class_test_examples": evaluation["per_class_test_examples"],
+        "macro_recall": evaluation["macro_recall"],
+        "macro_recall_change": evaluation["macro_recall_change"],
+        "majority_prediction_share": evaluation["majority_prediction_share"],
+        "majority_excess": evaluation["majority_excess"],
+        "weakest_class": weakest(recalls),
     }
 
 
@@ -298,6 +380,10 @@ def _aggregate(cell: dict[str, str], runs: list[dict[str, Any]]) -> dict[str, An
     if not measured:
         return {**cell, "error": runs[0]["error"]}
     names = list(measured[0]["per_class_recall"])
+    refused_by = {}
+    for run in measured:
+        for kind in run["failed_kinds"]:
+            refused_by[kind] = refused_by.get(kind, 0) + 1
     return {
         **cell,
         "seeds_measured": len(measured),
@@ -305,6 +391,7 @@ def _aggregate(cell: dict[str, str], runs: list[dict[str, Any]]) -> dict[str, An
         "per_class_recall": {name: _spread([run["per_class_recall"][name] for run in measured]) for name in names},
         "majority_prediction_share": _spread([run["majority_prediction_share"] for run in measured]),
         "blessed": sum(run["blessed"] for run in measured),
+        "refused_by": refused_by,  # check kind -> seeds in which it failed
     }
 
 

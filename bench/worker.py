@@ -5,7 +5,8 @@ The bench starts it as a subprocess, so process wall time and peak memory are th
 before the next run in the same pipeline root makes it no longer the newest (the bench's own reading then
 costs this process time, so timed single runs leave it to the caller).
 
-    python -m bench.worker JOB.json RESULT.json [--record]    # JOB.json: a list of Config.to_dict()
+    python -m bench.worker JOB.json RESULT.json [--record] [--judge-against-first]
+    # JOB.json: a list of Config.to_dict()
 """
 from __future__ import annotations
 
@@ -13,15 +14,21 @@ import argparse
 import dataclasses
 import json
 import resource
+import shutil
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
 from tfx.utils import path_utils
 
+from components.atomic_pusher import latest_published
+from components.baseline import BASELINE_COMPARABLE_PROPERTY, BASELINE_SOURCE_PROPERTY
 from components.data_gate import GATE_REPORT_PROPERTY
-from models.evaluation import read_evaluation
+from components.scene_example_gen import INGEST_REPORT_PROPERTY
+from models import metrics
+from models.evaluation import CHANGE, Check, failed_checks, read_evaluation, read_metric_values
 from models.trainer import read_training_record
 from pipeline.config import Config
 from pipeline.local import run_local
@@ -33,32 +40,84 @@ def _artifact(runs: list[ComponentRun], node: str, key: str):
     return found[0] if found else None
 
 
+# The kind of each gate check, as the ablation table names what refused a cell.
+FLOOR, EXAMPLES, CLASS_DROP, MACRO_DROP, MAJORITY_EXCESS = "floor", "examples", "class drop", "macro drop", \
+    "majority excess"
+CHECK_KINDS = (FLOOR, EXAMPLES, CLASS_DROP, MACRO_DROP, MAJORITY_EXCESS)
+_VALUE_CHECK_KIND = {metrics.ARGMAX_RECALL_NAME: FLOOR, metrics.CLASS_EXAMPLE_COUNT_NAME: EXAMPLES,
+                     metrics.MAJORITY_EXCESS_NAME: MAJORITY_EXCESS}
+
+
+def check_kind(check: Check) -> str:
+    if check.bound == CHANGE:
+        return MACRO_DROP if check.class_index is None else CLASS_DROP
+    return _VALUE_CHECK_KIND.get(check.metric, check.metric)
+
+
+def _failed_checks(evaluation_uri: str, config: Config) -> list[dict[str, Any]]:
+    """Each check the gate's metric values fail: its kind, class (None: the whole test set), value and limit."""
+    return [{"kind": check_kind(check),
+             "class": None if check.class_index is None else config.class_names[check.class_index],
+             "value": value, "limit": check.limit}
+            for check, value in failed_checks(read_metric_values(evaluation_uri), config)]
+
+
+def _property(artifact, name: str) -> Any:
+    """A custom property's value (string or int), None when the artifact does not have it."""
+    if artifact is None or name not in artifact.custom_properties:
+        return None
+    value = artifact.custom_properties[name]
+    return value.string_value if value.HasField("string_value") else value.int_value
+
+
 def _maxrss_mib(who: int) -> float:
     return resource.getrusage(who).ru_maxrss / 1024.0  # KiB on Linux
 
 
 def record(config: Config) -> dict[str, Any]:
-    """The newest run under the config's pipeline root: components with state and seconds, the gate's label
-    counts, the training record and the evaluation."""
+    """The newest run under the config's pipeline root: components with state and seconds, ingestion's report,
+    the gate's label counts, the training record, the baseline the Evaluator compared with, the evaluation with
+    the kind of each failed check, and whether the model was pushed."""
     runs = last_run(config)
     result: dict[str, Any] = {
         "components": [{"node": r.node, "state": r.state, "seconds": r.seconds} for r in runs],
+        "ingest_report": None,
         "label_counts": None,
         "training": None,
+        "baseline": None,
         "evaluation": None,
+        "failed_checks": None,
+        "pushed": None,
     }
-    gate = _artifact(runs, "DataGate", "training_labels")
-    if gate is not None and GATE_REPORT_PROPERTY in gate.custom_properties:
-        report = json.loads(gate.custom_properties[GATE_REPORT_PROPERTY].string_value)
-        result["label_counts"] = report["label_counts"]
+    ingested = _property(_artifact(runs, "SceneExampleGen", "examples"), INGEST_REPORT_PROPERTY)
+    if ingested:
+        result["ingest_report"] = json.loads(ingested)
+    gate = _property(_artifact(runs, "DataGate", "training_labels"), GATE_REPORT_PROPERTY)
+    if gate:
+        result["label_counts"] = json.loads(gate)["label_counts"]
     model = _artifact(runs, "Trainer", "model")
     if model is not None:
         training = read_training_record(path_utils.serving_model_path(model.uri))
         result["training"] = {key: training.get(key) for key in ("epochs_run", "best_epoch", "label_counts", "seconds")}
+    baseline = _artifact(runs, "PublishedBaseline", "baseline")
+    if baseline is not None:
+        result["baseline"] = {"source": _property(baseline, BASELINE_SOURCE_PROPERTY),
+                              "comparable": bool(_property(baseline, BASELINE_COMPARABLE_PROPERTY))}
     evaluation = _artifact(runs, "Evaluator", "evaluation")
     if evaluation is not None:
         result["evaluation"] = dataclasses.asdict(read_evaluation(evaluation.uri, config))
+        result["failed_checks"] = _failed_checks(evaluation.uri, config)
+    pushed = _artifact(runs, "Pusher", "pushed_model")
+    if pushed is not None:
+        result["pushed"] = bool(_property(pushed, "pushed"))
     return result
+
+
+def serve_only(version: str | None, serving_dir: str) -> None:
+    """Empties `serving_dir` and, given a published version folder, makes a copy of it its only version."""
+    shutil.rmtree(serving_dir, ignore_errors=True)
+    if version:
+        shutil.copytree(version, Path(serving_dir) / Path(version).name)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,11 +125,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("job", help="JSON list of Config.to_dict()")
     parser.add_argument("out", help="JSON list of results, one per config, rewritten after every run")
     parser.add_argument("--record", action="store_true", help="add each run's record (see `record`)")
+    parser.add_argument("--judge-against-first", action="store_true",
+                        help="before each later run, its serving dir is emptied and given a copy of the version the "
+                             "first run published (if any): every later run is judged against exactly that model")
     args = parser.parse_args(argv)
     with open(args.job) as f:
         configs = [Config.from_dict(data) for data in json.load(f)]
     results = []
-    for config in configs:
+    for position, config in enumerate(configs):
+        if args.judge_against_first and position:
+            serve_only(latest_published(configs[0].serving_dir), config.serving_dir)
         started = time.perf_counter()
         ok = run_local(config)
         result = {"ok": ok, "pipeline_seconds": time.perf_counter() - started,

@@ -1,7 +1,10 @@
-"""Smoke test of the benchmark harness: a quick run of every section (tiny data, one epoch; sizes 1x and 2x;
-the two essential ablation cells for one seed) writes results.md and results.json with every table cell filled.
-The numbers of a quick run mean nothing and are not checked."""
+"""The benchmark harness. Smoke test (slow): a quick run of every section (tiny data, one epoch; sizes 1x and 2x,
+no multi_processing run; the two essential ablation cells and the retrained full model for one seed) writes
+results.md and results.json with every table cell filled; the numbers of a quick run mean nothing and are not checked. Unit tests: a partial
+run keeps the other sections' record, how a failed gate check is named, and the limits a cell is checked against.
+"""
 import json
+import math
 import re
 import subprocess
 import sys
@@ -9,12 +12,18 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
+from bench.run import keep_unrun_sections
+from bench.report import MEASURED_KEY
+from bench.sections import limits_exceeded
+from bench.worker import CHECK_KINDS, check_kind
+from models.evaluation import gate_checks
+from pipeline.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations")
-# The only nulls results.json may hold: the macro recall change of an evaluation without a baseline.
-NULLABLE = {"macro_recall_change"}
+# The only nulls results.json may hold: the macro recall change of an evaluation without a baseline, and the class
+# of a failed gate check on the whole test set (macro drop, majority excess).
+NULLABLE = {"macro_recall_change", "class"}
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +48,30 @@ def nulls(value, path=""):
     return []
 
 
+@pytest.mark.slow
 def test_results_json_has_every_section_and_number(out_dir):
     results = json.loads((out_dir / "results.json").read_text())
     for section in SMOKE_SECTIONS:
         assert "error" not in results[section], results[section]
+        assert results[section][MEASURED_KEY]["git_commit"]
     for plot in ("results.scaling.png", "results.components.png", "results.ablations.png"):
         assert (out_dir / plot).stat().st_size, plot
     assert nulls(results) == []
     assert results["machine"]["logical_cores"] >= 1 and "-m bench.run" in results["command"]
     assert results["ingest"]["sets"] and len(results["floor"]["rows"]) == 2 and len(results["scaling"]["runs"]) == 2
-    assert [cell["seeds_measured"] for cell in results["ablations"]["cells"]] == [1, 1]
-    assert {row["issue"] for row in results["targets"]} == {2, 3, 5}
+    assert results["pipeline"]["fresh"]["ingest_report"]["patches_per_split"]
+    ablations = results["ablations"]
+    assert [cell["seeds_measured"] for cell in ablations["cells"]] == [1, 1]
+    (seed,) = ablations["per_seed"]
+    # The quick gate blesses the one-epoch full model, so the other runs are judged against a copy of it.
+    assert seed["full_published"] and not seed["runs"][0]["baseline"]["comparable"]
+    for run in seed["runs"][1:] + [seed["retrained"]]:
+        assert run["baseline_is_full_model"], run
+    assert {row["issue"] for row in results["targets"]} == {2, 3, 5, 9}
     assert all(isinstance(row["passed"], bool) for row in results["targets"])
 
 
+@pytest.mark.slow
 def test_results_md_fills_every_table_cell(out_dir):
     text = (out_dir / "results.md").read_text()
     assert "Not measured" not in text
@@ -64,3 +83,47 @@ def test_results_md_fills_every_table_cell(out_dir):
         assert all(cells), row
     for heading in ("Targets", "Ingestion", "Pipeline", "Ablations", "Scaling", "Floor"):
         assert re.search(rf"^## (\d\. )?{heading}", text, re.MULTILINE), heading
+
+
+def test_a_partial_run_keeps_the_other_sections_with_when_they_were_measured():
+    previous = {"command": "old command", "quick": False,
+                "machine": {"date": "2026-11-28T04:36:26+00:00", "git_commit": "abc", "git_modified_tracked_files": 0},
+                "ingest": {"sets": [1]},
+                "floor": {"rows": [2], MEASURED_KEY: {"date": "2026-11-29", "git_commit": "def",
+                                                      "git_modified_tracked_files": 3, "command": "floor command"}},
+                "ablations": {"cells": ["old"]}}
+    results = {"command": "new command"}
+    kept = keep_unrun_sections(results, previous, ["ablations"])
+    assert kept == ["ingest", "floor"]
+    assert "ablations" not in results  # the section run now is measured, not copied
+    assert results["ingest"] == {"sets": [1], MEASURED_KEY: {"date": "2026-11-28T04:36:26+00:00",
+                                                             "git_commit": "abc", "git_modified_tracked_files": 0,
+                                                             "command": "old command"}}
+    assert results["floor"][MEASURED_KEY]["git_commit"] == "def"  # its own stamp, not the record's
+
+
+def test_every_gate_check_has_a_kind_and_every_kind_a_check():
+    config = Config()
+    kinds = [check_kind(check) for check in gate_checks(config)]
+    assert set(kinds) == set(CHECK_KINDS)
+    per_class = len(config.class_ids)
+    assert [kinds.count(kind) for kind in CHECK_KINDS] == [per_class, per_class, per_class, 1, 1]
+
+
+def evaluation(recalls, examples=100, excess=0.0):
+    return {"per_class_recall": recalls, "macro_recall": sum(recalls.values()) / len(recalls),
+            "per_class_test_examples": dict.fromkeys(recalls, examples), "majority_excess": excess}
+
+
+def test_limits_exceeded_names_each_limit_a_cell_crosses():
+    gate = Config().gate
+    floors = {"a": gate.min_class_recall, "b": gate.min_class_recall}
+    full = evaluation({"a": 0.95, "b": 0.95})
+    assert limits_exceeded(evaluation({"a": 0.94, "b": 0.95}), full, gate, floors) == []
+    # One class 0.15 lower: a class drop, and macro falls 0.075
+    assert limits_exceeded(evaluation({"a": 0.80, "b": 0.95}), full, gate, floors) == ["class drop", "macro drop"]
+    # Two classes 0.03 lower each: macro only
+    assert limits_exceeded(evaluation({"a": 0.92, "b": 0.92}), full, gate, floors) == ["macro drop"]
+    # Without a baseline only the absolute limits apply; a class without test examples (NaN) is under its floor.
+    assert limits_exceeded(evaluation({"a": 0.5, "b": math.nan}, examples=5, excess=0.3), None, gate, floors) == [
+        "floor", "examples", "majority excess"]
