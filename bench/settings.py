@@ -9,7 +9,6 @@ import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.config import Config
 from synth.scenes import generate_sample
 
 SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations")  # in the order they run and are reported
