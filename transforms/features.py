@@ -12,7 +12,7 @@ from pipeline.config import Config
 
 LABEL = "label"  # raw class id from the class table
 SCENE_ID = "scene_id"
-BLOCK_ID = "block_id"  # "<scene_id>/<block_row>_<block_col>": the spatial unit train/eval splitting hashes on
+BLOCK_ID = "block_id"  # "<scene_id>/<block_row>_<block_col>": the spatial unit dealt to train, validation or test
 ROW = "row"  # centre pixel on the multispectral grid
 COL = "col"
 METADATA_FEATURES = (SCENE_ID, BLOCK_ID, ROW, COL)
