@@ -2,4 +2,3 @@
 
 `python -m bench.run` (or `make bench`) writes bench/results.md, bench/results.json and the plots beside them.
 """
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)

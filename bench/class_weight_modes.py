@@ -12,11 +12,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from foundation.environment import prepare_tensorflow
+
+prepare_tensorflow()  # `python -m bench.class_weight_modes` is an entry point: the switch goes before TensorFlow loads
+
+from foundation.config import CLASS_WEIGHT_MODES, Config
 from models.evaluation import read_evaluation
-from pipeline.config import CLASS_WEIGHT_MODES, Config
 from pipeline.summary import last_run
 from synth.scenes import generate_sample
+
 
 def measure(work_dir: Path, seeds: int) -> dict[str, list]:
     results = {mode: [] for mode in CLASS_WEIGHT_MODES}

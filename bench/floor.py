@@ -19,7 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from foundation.environment import prepare_tensorflow
+
+prepare_tensorflow()  # `python -m bench.floor` is an entry point: the switch goes before TensorFlow loads
+
 import numpy as np
 import tensorflow as tf
 import tf_keras
@@ -32,11 +35,11 @@ from components.patches import extract_patches
 from components.scene_example_gen import (BUFFER_DROPPED, SceneExampleGen, SceneSummary, band_medians, plan_splits,
                                           sample_scene, split_units, unit_label_counts)
 from components.scenes import SceneError, scene_dirs
+from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config, load_config
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
 from models.trainer import MAX_SHUFFLE_BUFFER, VAL_MACRO_RECALL, MacroRecallCallback
-from pipeline.config import SPLITS, TEST, TRAIN, VALIDATION, Config, load_config
 from transforms.features import LIDAR_PREFIX, MULTISPECTRAL, layout
 from transforms.preprocessing import lidar_pretransform
 

@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from foundation.environment import prepare_tensorflow
+
+prepare_tensorflow()  # `python -m bench.kubeflow_spec` is an entry point: the switch goes before TensorFlow loads
+
 from bench.kfp_launcher import Launcher
-from pipeline.config import Config
+from foundation.config import Config
 from synth.scenes import generate_sample
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from pipeline.config import Config
+from foundation.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SECONDS = 0.1

@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from bench.settings import TARGETS  # noqa: E402
-from pipeline.config import SPLITS  # noqa: E402
+from foundation.config import SPLITS  # noqa: E402
 
 MIN_SEGMENT_SECONDS = 0.5  # components below this in every bar of the components plot are drawn together
 PER_PATCH_TOLERANCE = 1.10  # "flat": the later marginal cost may be up to 10 % above the earlier one

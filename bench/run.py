@@ -20,7 +20,10 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from foundation.environment import prepare_tensorflow
+
+prepare_tensorflow()  # `python -m bench.run` is an entry point: the switch goes before TensorFlow loads
+
 from bench import report
 from bench.settings import ABLATION_CELL_SETS, SECTIONS, make_settings
 

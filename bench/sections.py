@@ -19,11 +19,11 @@ from bench.measure import ProcessMeasure, run_floor, run_pipelines
 from bench.report import weakest
 from bench.settings import RETRAIN_SEED_OFFSET, Settings
 from bench.worker import CLASS_DROP, EXAMPLES, FLOOR, MACRO_DROP, MAJORITY_EXCESS, record
-from components.atomic_pusher import latest_published
 from components.scene_example_gen import scene_examples
 from components.scenes import load_scene
+from foundation.config import SPLITS, TEST, TRAIN, Config, GateConfig
+from foundation.published import latest_published
 from models.fused_cnn import STREAMS_BY_MODE
-from pipeline.config import SPLITS, TEST, TRAIN, Config, GateConfig
 from synth.scenes import generate_sample
 
 

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import PROJECT_DIR, TEST, VALIDATION, Config
+from foundation.config import PROJECT_DIR, TEST, VALIDATION, Config
+from foundation.environment import prepare_tensorflow
 
 UNSEEN_SEED = 100
 OLD_COMMIT = "92daea8"  # the last commit before issue 9: two splits, no masks, no buffer
@@ -46,8 +47,8 @@ def _gate_recalls(pipeline_root: Path, config: Config) -> list[float]:
 def _recalls(model_dir: str, serialized: list[bytes], labels: np.ndarray, config: Config) -> list[float]:
     import tensorflow as tf
 
+    from foundation.published import PROBABILITIES, SERVING_SIGNATURE
     from models.metrics import argmax_recalls
-    from models.trainer import PROBABILITIES, SERVING_SIGNATURE
 
     serve = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
     probabilities = np.concatenate([serve(examples=tf.constant(serialized[i:i + 4096]))[PROBABILITIES].numpy()
@@ -82,6 +83,7 @@ def _split_examples(pipeline_root: Path, split: str) -> tuple[list[bytes], np.nd
 
 
 def main(argv: list[str] | None = None) -> int:
+    prepare_tensorflow()
     parser = argparse.ArgumentParser(prog="python -m bench.split_optimism", description=__doc__.splitlines()[0])
     parser.add_argument("--old-commit", default=OLD_COMMIT)
     parser.add_argument("--work", type=Path, default=Path("/tmp/terrafuse-split-optimism"))

@@ -20,17 +20,19 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from foundation.environment import prepare_tensorflow
+
+prepare_tensorflow()  # `python -m bench.worker` is an entry point: the switch goes before TensorFlow loads
+
 from tfx.utils import path_utils
 
-from components.atomic_pusher import latest_published
 from components.baseline import BASELINE_COMPARABLE_PROPERTY, BASELINE_SOURCE_PROPERTY
 from components.data_gate import GATE_REPORT_PROPERTY
 from components.scene_example_gen import INGEST_REPORT_PROPERTY
+from foundation.config import Config
+from foundation.published import latest_published, read_training_record
 from models import metrics
 from models.evaluation import CHANGE, Check, failed_checks, read_evaluation, read_metric_values
-from models.trainer import read_training_record
-from pipeline.config import Config
 from pipeline.local import run_local
 from pipeline.summary import ComponentRun, last_run
 

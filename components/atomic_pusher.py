@@ -15,37 +15,15 @@ from typing import Any
 
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
-from tfx.dsl.io import fileio
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
 from tfx.v1.components import Pusher
 
-from pipeline.config import resolve_path
+from foundation.published import model_source, serving_version_of, write_source_marker
 
 STAGING_PREFIX = ".staging-"
-# Inside each published version: the model it was copied from, so a rerun never publishes a model twice.
-SOURCE_MARKER = os.path.join("assets.extra", "terrafuse_source.txt")
-
-
-def model_source(model_dir: str) -> str:
-    """What identifies a model for publishing: its folder, or, for a copy of a published version (the Trainer
-    reusing the serving model when no new data came), the folder that version was published from."""
-    marker = os.path.join(model_dir, SOURCE_MARKER)
-    if fileio.exists(marker):
-        with fileio.open(marker) as f:
-            return f.read()
-    return resolve_path(model_dir)
-
-
-def serving_version_of(model_dir: str, base_dir: str) -> str | None:
-    """The newest version, if it is this model: then there is nothing to publish."""
-    latest = latest_published(base_dir)
-    marker = os.path.join(latest, SOURCE_MARKER) if latest else None
-    if marker and os.path.exists(marker) and open(marker).read() == model_source(model_dir):
-        return latest
-    return None
 
 
 def publish_atomically(model_dir: str, base_dir: str, version: int | None = None) -> str:
@@ -66,26 +44,11 @@ def publish_atomically(model_dir: str, base_dir: str, version: int | None = None
     staging = os.path.join(base_dir, f"{STAGING_PREFIX}{version}-{os.getpid()}")
     try:
         io_utils.copy_dir(model_dir, staging)  # the model may be on gs://
-        os.makedirs(os.path.dirname(os.path.join(staging, SOURCE_MARKER)), exist_ok=True)
-        with open(os.path.join(staging, SOURCE_MARKER), "w") as f:
-            f.write(model_source(model_dir))
+        write_source_marker(staging, model_source(model_dir))
         os.rename(staging, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
-
-
-def model_versions(base_dir: str) -> list[str]:
-    """Published versions, oldest first (staging folders are not versions)."""
-    if not os.path.isdir(base_dir):
-        return []
-    return sorted((d for d in os.listdir(base_dir) if d.isdigit()), key=int)
-
-
-def latest_published(base_dir: str) -> str | None:
-    """The newest published version's folder: the model serving now, and the baseline the next one must match."""
-    versions = model_versions(base_dir)
-    return os.path.join(base_dir, versions[-1]) if versions else None
 
 
 class AtomicPusherExecutor(pusher_executor.Executor):

@@ -20,9 +20,8 @@ from typing import Any
 from tfx import v1 as tfx
 from tfx.utils import io_utils, path_utils
 
-from components.atomic_pusher import latest_published
-from models.trainer import training_record_or_none
-from pipeline.config import Config
+from foundation.config import Config
+from foundation.published import latest_published, training_record_or_none
 
 BASELINE_SOURCE_PROPERTY = "baseline_source"  # why this baseline, in words (for the run summary)
 BASELINE_COMPARABLE_PROPERTY = "baseline_comparable"  # 1: the serving model; 0: the candidate itself

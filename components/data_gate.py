@@ -16,7 +16,7 @@ measured on the statistics' QUANTILES histograms (equal-mass buckets, aligned to
 from the anomalies' drift_skew_info. Equal-width STANDARD buckets span min to max, so a few outliers move them:
 three glint pixels among 24,300 red values measured 0.33 on STANDARD histograms, 0.11 on QUANTILES (ordinary
 variation 0.08 and 0.03). On the sample scenes QUANTILES also measured ordinary variation about a third lower, at
-the same separation from scale faults (the limits' defaults in pipeline/config.py say what was measured).
+the same separation from scale faults (the limits' defaults in foundation/config.py say what was measured).
 """
 
 import base64
@@ -36,10 +36,9 @@ from tfx.components.statistics_gen import stats_artifact_utils
 from tfx.dsl.io import fileio
 from tfx.types import Artifact
 
-from components.atomic_pusher import latest_published
-from models.class_weights import label_counts
-from models.trainer import TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, training_record_or_none
-from pipeline.config import SPLITS, TEST, TRAIN, VALIDATION, Config, ValidationConfig
+from components.label_counts import label_counts
+from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config, ValidationConfig
+from foundation.published import TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, latest_published, training_record_or_none
 from transforms.features import layout
 
 LABEL_COUNTS_FILE = "label_counts.json"

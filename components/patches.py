@@ -12,7 +12,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import minimum_filter
 
 from components.scenes import SceneRasters
-from pipeline.config import Config
+from foundation.config import Config
 from transforms.features import BLOCK_ID, COL, LABEL, ROW, SCENE_ID, layout
 
 # Patches are cut and laid out in chunks: the buffers stay a few MB whatever the number of examples.

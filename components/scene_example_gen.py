@@ -38,7 +38,7 @@ from tfx.utils import proto_utils
 
 from components.patches import encode_examples, sample_pixels, window_block_ids, window_valid
 from components.scenes import SceneError, SceneRasters, load_scene, scene_dirs
-from pipeline.config import SPLITS, TRAIN, Config, resolve_path
+from foundation.config import SPLITS, TRAIN, Config, resolve_path
 from transforms.features import BLOCK_ID
 
 # At the root of the Examples artifact, and the artifact's string custom property holding the same JSON.

@@ -38,13 +38,11 @@ from scipy.interpolate import griddata
 from scipy.ndimage import binary_dilation, distance_transform_edt
 from scipy.spatial import QhullError
 
-from pipeline.config import Config
+from foundation.config import Config
+from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file
 
 log = logging.getLogger(__name__)
 
-MULTISPECTRAL_FILE = "multispectral.tif"
-LABELS_FILE = "labels.tif"
-POINT_CLOUD_FILES = ("lidar.las", "lidar.laz")
 GROUND_CLASS = 2
 # ASPRS low and high noise: a bird or a multipath echo must not become the top of a cell.
 NOISE_CLASSES = (7, 18)
@@ -56,11 +54,6 @@ _GAP_RIM_CELLS = 2
 _NEIGHBOUR_FILL_ROUNDS = 4
 # A damaged point cloud fails in laspy, in lazrs (a RuntimeError subclass) or in pyproj (its CRS VLR).
 _POINT_CLOUD_READ_ERRORS = (laspy.errors.LaspyException, OSError, ValueError, RuntimeError, CRSError)
-
-
-def lidar_raster_file(channel: str) -> str:
-    """Pre-rasterised LiDAR file of a channel; height is a normalised DSM, hence its conventional name."""
-    return "lidar_ndsm.tif" if channel == "height" else f"lidar_{channel}.tif"
 
 
 class SceneError(Exception):

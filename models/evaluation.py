@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_specs
 
+from foundation.config import Config
+from foundation.published import PROBABILITIES, SERVING_SIGNATURE, TRANSFORM_SIGNATURE
 from models import metrics
-from models.trainer import PROBABILITIES, SERVING_SIGNATURE, TRANSFORM_SIGNATURE
-from pipeline.config import Config
 from transforms.features import LABEL_INDEX
 
 METRICS_MODULE = metrics.__name__

@@ -14,7 +14,7 @@ import tf_keras
 from tensorflow.python.autograph.core import config as autograph_config
 from tensorflow.python.autograph.core import config_lib as autograph_rules
 
-from pipeline.config import Config
+from foundation.config import Config
 from transforms.features import LIDAR, MULTISPECTRAL, layout
 
 # AutoGraph leaves `keras` alone but not `tf_keras`: it re-converts hundreds of tf_keras functions when

@@ -20,44 +20,37 @@ The exported SavedModel has two signatures, both on serialized raw tf.Examples:
   class_id [N]; it runs the Transform graph itself, so TF Serving needs nothing else.
 - `transform_features` (examples with label) -> Transform outputs; the Evaluator uses it to get the
   label index (see models/evaluation.py).
-`assets.extra/terrafuse_training.json` records the class table, label counts, data provenance, class weights,
-config and the training key (data and config) that decides reuse.
+The training record (foundation/published.py: where it lives, what it holds, the reuse key) goes into
+`assets.extra/` beside the model.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import os
 import time
 from typing import Any
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
+from foundation.environment import prepare_tensorflow
+
+prepare_tensorflow()  # TFX loads this module file in its own processes: it is an entry point too
+
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
 from tfx.utils import io_utils
 
-from components.atomic_pusher import latest_published
+from foundation.config import SPLITS, TRAIN, Config
+from foundation.published import (CLASS_ID, CLASS_INDEX, PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE,
+                                  TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRAINING_KEY, TRANSFORM_SIGNATURE,
+                                  reusable_model, training_key, write_training_record)
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
-from pipeline.config import SPLITS, TRAIN, Config
 from transforms.features import LABEL_INDEX, layout, raw_feature_spec
 
-SERVING_SIGNATURE = "serving_default"
-TRANSFORM_SIGNATURE = "transform_features"
-SERVING_INPUT = "examples"
-PROBABILITIES = "probabilities"
-CLASS_INDEX = "class_index"
-CLASS_ID = "class_id"
-TRAINING_RECORD_PATH = os.path.join("assets.extra", "terrafuse_training.json")
 VAL_MACRO_RECALL = "val_macro_argmax_recall"
 # Serialized 9x9 patches of 7 channels are ~2.5 kB: 100k of them stay well under the Trainer's memory.
 MAX_SHUFFLE_BUFFER = 100_000
-TRAINING_DATA_KEY = "data"  # the hyperparameters' entry for the data's provenance
-TRAIN_STATISTICS_KEY = "train_statistics"  # base64 DatasetFeatureStatistics of the training split's features
 
 
 def run_fn(fn_args) -> None:
@@ -114,7 +107,7 @@ def run_fn(fn_args) -> None:
         "label_counts": {split: {str(k): v for k, v in c.items()} for split, c in counts.items()},
         TRAINING_DATA_KEY: data,
         TRAIN_STATISTICS_KEY: fn_args.hyperparameters.get(TRAIN_STATISTICS_KEY),
-        "training_key": key,
+        TRAINING_KEY: key,
         "class_weights": {"mode": config.model.class_weights, "beta": config.model.effective_number_beta,
                           "by_class_id": {str(config.class_ids[i]): w for i, w in weights.items()}},
         "epochs_run": len(history.history[VAL_MACRO_RECALL]),
@@ -125,25 +118,6 @@ def run_fn(fn_args) -> None:
         "seconds": {"before_fit": fit_started - started, "fit": fit_seconds},
     }
     export_serving_model(model, transform_output, config, fn_args.serving_model_dir, record)
-
-
-def training_key(data: dict[str, Any] | None, config: dict[str, Any], code: str | None) -> str | None:
-    """Same span, same input files, same training config and same code (pipeline/dag.py fingerprints it): the
-    same model. None when the data's provenance or the code is unknown: then nothing is ever reused."""
-    if not data or data.get("span") is None or not data.get("input_fingerprint") or not code:
-        return None
-    return hashlib.sha256(json.dumps({"data": data, "config": config, "code": code},
-                                     sort_keys=True).encode()).hexdigest()
-
-
-def reusable_model(serving_dir: str | None, key: str | None) -> str | None:
-    """The model serving now, if it was trained under `key` (a version without a training record, e.g. pushed by
-    hand, never is)."""
-    published = latest_published(serving_dir) if serving_dir and key else None
-    if not published:
-        return None
-    record = training_record_or_none(published)
-    return published if record and record.get("training_key") == key else None
 
 
 class MacroRecallCallback(tf_keras.callbacks.Callback):
@@ -228,25 +202,4 @@ def export_serving_model(model: tf_keras.Model, transform_output: tft.TFTransfor
 
     model.save(serving_model_dir, save_format="tf", include_optimizer=False,
                signatures={SERVING_SIGNATURE: serve, TRANSFORM_SIGNATURE: transform_features})
-    record_path = os.path.join(serving_model_dir, TRAINING_RECORD_PATH)
-    tf.io.gfile.makedirs(os.path.dirname(record_path))
-    with tf.io.gfile.GFile(record_path, "w") as f:
-        json.dump(training_record, f, indent=2, sort_keys=True)
-
-
-def training_record_or_none(model_dir: str) -> dict[str, Any] | None:
-    """The record, or None for a model folder without one (e.g. a version pushed by hand)."""
-    try:
-        return read_training_record(model_dir)
-    except FileNotFoundError:
-        return None
-
-
-def read_training_record(serving_model_dir: str) -> dict[str, Any]:
-    """The record a trained (or pushed) model carries: class_table, label_counts {split: {"<id>": n}},
-    class_weights, config, epochs. JSON as written: class ids are string keys."""
-    path = os.path.join(serving_model_dir, TRAINING_RECORD_PATH)
-    if not tf.io.gfile.exists(path):
-        raise FileNotFoundError(f"{path}: no training record (was this model exported by models/trainer.py?)")
-    with tf.io.gfile.GFile(path) as f:
-        return json.load(f)
+    write_training_record(serving_model_dir, training_record)

@@ -11,13 +11,13 @@ import sys
 import warnings
 from pathlib import Path
 
-import pipeline  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from pipeline.config import Config, ConfigError, load_config
+from foundation.config import Config, ConfigError, load_config
+from foundation.environment import prepare_tensorflow
 from pipeline.kubeflow import register_cli as register_kubeflow_cli
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or JSON file overriding the defaults (sections as in pipeline/config.py)")
+    parser.add_argument("--config", help="YAML or JSON file overriding the defaults (sections as in foundation/config.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one setting, e.g. --set model.epochs=5 (repeatable)")
     parser.add_argument("--data-root", help="folder of span-NNNN/SCENE/ folders (run.data_root)")
@@ -132,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
     # TFX and Beam parse sys.argv with absl flags: ours (e.g. -v) must not reach them.
     sys.argv = sys.argv[:1]
+    prepare_tensorflow()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbose else "3")
     if not args.verbose:  # TFX pip-installs the user-code wheels in a subprocess on every Transform and Trainer run
         os.environ.setdefault("PIP_QUIET", "1")

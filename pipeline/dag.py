@@ -5,24 +5,24 @@ import glob
 import hashlib
 import os
 
+from tensorflow_metadata.proto.v0 import path_pb2, schema_pb2
 from tfx import v1 as tfx
 from tfx.dsl.io import fileio
-from tensorflow_metadata.proto.v0 import path_pb2, schema_pb2
 
 from components.atomic_pusher import AtomicPusher
 from components.baseline import PublishedBaseline
 from components.data_gate import DataGate, DriftGate
 from components.distribution_validator import DistributionValidator
 from components.scene_example_gen import SceneExampleGen
+from foundation.config import PROJECT_DIR, TEST, TRAIN, VALIDATION, Config, ConfigError, resolve_path
 from models.evaluation import eval_config
-from pipeline.config import PROJECT_DIR, TEST, TRAIN, VALIDATION, Config, ConfigError, resolve_path
 from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
 from transforms.features import LABEL, layout
 
 TRANSFORM_MODULE = os.path.join(PROJECT_DIR, "transforms", "preprocessing.py")
 TRAINER_MODULE = os.path.join(PROJECT_DIR, "models", "trainer.py")
 # The code a trained model depends on besides its config: a change here means a different model.
-TRAINING_CODE = ("models", "transforms", "pipeline/config.py")
+TRAINING_CODE = ("foundation", "models", "transforms")
 
 
 def training_code_fingerprint(schema_path: str) -> str:

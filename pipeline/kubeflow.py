@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from pipeline.config import PROJECT_DIR, Config, ConfigError
+from foundation.config import PROJECT_DIR, Config, ConfigError
 
 # Where the Dockerfile installs the project: the curated schema's path inside the image starts here.
 IMAGE_PROJECT_DIR = "/opt/terrafuse"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
-from pipeline.config import Config
+from foundation.config import Config
 
 
 def run_local(config: Config) -> bool:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
-from pipeline.config import Config
+from foundation.config import Config
 
 
 @dataclass

@@ -11,7 +11,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tensorflow_metadata.proto.v0 import schema_pb2
 
-from pipeline.config import Config
+from foundation.config import Config
 from transforms.features import BLOCK_ID, COL, LABEL, LIDAR_PREFIX, METADATA_FEATURES, ROW, SCENE_ID, layout
 
 DEFAULT_SCHEMA_FILE = Path(__file__).with_name("schema.pbtxt")

@@ -28,7 +28,7 @@ from rasterio import Affine
 from rasterio.warp import Resampling, calculate_default_transform, reproject
 from scipy import ndimage, special
 
-from pipeline.config import Config, StreamsConfig
+from foundation.config import Config, StreamsConfig
 
 # The reflectance tuples below follow the config's default band order; other orders are looked up by name.
 SPECTRUM_BANDS = StreamsConfig().multispectral_bands

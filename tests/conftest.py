@@ -1,5 +1,7 @@
-"""Shared test set-up: tf_keras for TFX (before TensorFlow loads) and quiet TensorFlow logs."""
+"""Shared test set-up: the TensorFlow switch before TensorFlow loads, and quiet TensorFlow logs."""
 import os
 
-os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+from foundation.environment import prepare_tensorflow
+
+prepare_tensorflow()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

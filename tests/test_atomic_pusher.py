@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from components import atomic_pusher
-from components.atomic_pusher import model_versions, publish_atomically
+from components.atomic_pusher import publish_atomically
+from foundation.published import model_versions
 
 
 def _model(tmp_path):

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import keep_unrun_sections
 from bench.report import MEASURED_KEY
+from bench.run import keep_unrun_sections
 from bench.sections import limits_exceeded
 from bench.worker import CHECK_KINDS, check_kind
+from foundation.config import Config
 from models.evaluation import gate_checks
-from pipeline.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE_SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations")

@@ -3,8 +3,9 @@ import pandas as pd
 import pytest
 import tensorflow_data_validation as tfdv
 
-from models.class_weights import ClassCountError, class_weights, label_counts
-from pipeline.config import Config
+from components.label_counts import LabelCountError, label_counts
+from foundation.config import Config
+from models.class_weights import ClassCountError, class_weights
 from transforms.features import LABEL
 
 CLASS_IDS = Config().class_ids  # 10, 30, 50, 55, 60, 80

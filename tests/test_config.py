@@ -1,7 +1,7 @@
 """The typed config: defaults, file and CLI overrides, and clear errors for bad values."""
 import pytest
 
-from pipeline.config import Config, ConfigError, load_config
+from foundation.config import Config, ConfigError, load_config
 
 
 def test_round_trips_through_dict():

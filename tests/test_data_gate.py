@@ -12,13 +12,13 @@ from tfx import version as tfx_version
 from tfx.components.statistics_gen import stats_artifact_utils
 from tfx.types import artifact_utils, standard_artifacts
 
-from components.data_gate import (DRIFT_COMPARISON, GATE_REPORT_PROPERTY, LABEL_COUNTS_FILE, SKEW_COMPARISON,
-                                  DataGate, DataGateError, DriftGate, FeatureComparison, anomaly_messages, compare,
+from components.data_gate import (DRIFT_COMPARISON, GATE_REPORT_PROPERTY, LABEL_COUNTS_FILE, SKEW_COMPARISON, DataGate,
+                                  DataGateError, DriftGate, FeatureComparison, anomaly_messages, compare,
                                   data_provenance, decode_statistics, evaluate, evaluate_drift, feature_drift,
                                   feature_name, feature_skew, jensen_shannon, stream_statistics,
                                   training_hyperparameters)
-from models.trainer import TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRAINING_RECORD_PATH
-from pipeline.config import SPLITS, TEST, TRAIN, VALIDATION, Config
+from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config
+from foundation.published import TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRAINING_RECORD_PATH
 from schemas.curated import SERVING, build_schema
 from synth.scenes import SIGNATURES, SPECTRUM_BANDS
 from transforms.features import LABEL, layout

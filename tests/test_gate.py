@@ -22,11 +22,11 @@ from tfx_bsl.arrow import table_util
 from components.atomic_pusher import publish_atomically
 from components.baseline import (BASELINE_COMPARABLE_PROPERTY, BASELINE_SOURCE_PROPERTY, PublishedBaseline,
                                  choose_baseline, compatibility_problems)
+from foundation.config import Config
+from foundation.published import TRAINING_RECORD_PATH
 from models import metrics
 from models.evaluation import (CHANGE, LOWER, UPPER, Check, eval_config, failed_checks, gate_checks, gate_failures,
                                read_evaluation, read_metric_values, verdict_lines)
-from models.trainer import TRAINING_RECORD_PATH
-from pipeline.config import Config
 
 CONFIG = Config()
 K = len(CONFIG.class_ids)

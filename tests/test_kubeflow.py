@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 import yaml
-
-from components.atomic_pusher import model_versions
-from models.trainer import read_training_record
 from fake_kfp_server import FakeKfpServer
+
 from bench.kfp_launcher import EXECUTED, Launcher
+from foundation.config import SPLITS, Config, ConfigError
+from foundation.published import model_versions, read_training_record
 from pipeline import cli, kubeflow
 from pipeline.dag import create_pipeline, training_code_fingerprint
-from pipeline.config import SPLITS, Config, ConfigError
 from synth.scenes import generate_sample
 
 RUN_EXECUTOR = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"

@@ -9,10 +9,10 @@ import pytest
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_types
 
+from foundation.config import Config
 from models import metrics
 from models.evaluation import metrics_specs, read_evaluation
 from models.metrics import argmax_recalls, majority_excess
-from pipeline.config import Config
 
 CONFIG = Config()
 K = len(CONFIG.class_ids)

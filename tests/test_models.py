@@ -16,17 +16,18 @@ import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata
 from tfx.components.trainer.fn_args_utils import FnArgs
 
+from components.atomic_pusher import publish_atomically
+from foundation.config import TEST, TRAIN, VALIDATION, Config
+from foundation.published import (CLASS_ID, CLASS_INDEX, PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE,
+                                  TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRANSFORM_SIGNATURE, read_training_record,
+                                  reusable_model, training_key)
+from models import trainer as trainer_module
 from models.evaluation import eval_config, read_evaluation
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
-from components.atomic_pusher import publish_atomically
-from models import trainer as trainer_module
-from models.trainer import (CLASS_ID, CLASS_INDEX, PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE,
-                            TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRANSFORM_SIGNATURE, export_serving_model, read_training_record,
-                            reusable_model, run_fn, training_key)
-from pipeline.config import TEST, TRAIN, VALIDATION, Config
-from transforms.features import (BLOCK_ID, COL, LABEL, LABEL_INDEX, LIDAR, MULTISPECTRAL, ROW, SCENE_ID,
-                                 layout, raw_feature_spec)
+from models.trainer import export_serving_model, run_fn
+from transforms.features import (BLOCK_ID, COL, LABEL, LABEL_INDEX, LIDAR, MULTISPECTRAL, ROW, SCENE_ID, layout,
+                                 raw_feature_spec)
 from transforms.preprocessing import preprocessing_fn
 
 CONFIG = Config().replace({

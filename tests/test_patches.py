@@ -4,12 +4,12 @@ import pytest
 import tensorflow as tf
 from affine import Affine
 from rasterio.crs import CRS
+from tiny_scenes import Grid, region_interior, truth, write_scene
 
 from components.patches import (block_ids, encode_examples, extract_patches, sample_pixels, window_block_ids,
                                 window_valid)
 from components.scenes import SceneRasters, load_scene
-from pipeline.config import Config
-from tiny_scenes import Grid, region_interior, truth, write_scene
+from foundation.config import Config
 from transforms.features import BLOCK_ID, COL, LABEL, ROW, SCENE_ID, layout, raw_feature_spec
 
 CONFIG = Config()

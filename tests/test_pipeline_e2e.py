@@ -13,12 +13,11 @@ import pytest
 import rasterio
 import tensorflow as tf
 
-from components.atomic_pusher import model_versions
-from components.scenes import MULTISPECTRAL_FILE
+from foundation.config import TEST, Config
+from foundation.published import PROBABILITIES, SERVING_SIGNATURE, model_versions
+from foundation.scene_folder import MULTISPECTRAL_FILE
 from models.evaluation import read_evaluation
 from models.metrics import argmax_recalls
-from models.trainer import PROBABILITIES, SERVING_SIGNATURE
-from pipeline.config import TEST, Config
 from pipeline.local import run_local
 from pipeline.summary import last_run
 from synth.scenes import generate_sample

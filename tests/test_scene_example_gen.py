@@ -12,16 +12,14 @@ import tensorflow as tf
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
-
-from components.scene_example_gen import (
-    BUFFER_DROPPED, INGEST_REPORT_FILE, INGEST_REPORT_PROPERTY, BadScenesError, Executor, SceneExampleGen,
-    SceneSummary, SplitPlan, assign_blocks, band_scale_outliers, read_ingest_report, resolve_newest_span,
-    scene_examples,
-)
-from components.scenes import SceneError
-from pipeline.config import SPLITS, TEST, TRAIN, VALIDATION, Config
-from synth.scenes import generate_sample
 from tiny_scenes import REFERENCE_CRS, SIZE, reference_transform, write_raster, write_scene
+
+from components.scene_example_gen import (BUFFER_DROPPED, INGEST_REPORT_FILE, INGEST_REPORT_PROPERTY, BadScenesError,
+                                          Executor, SceneExampleGen, SceneSummary, SplitPlan, assign_blocks,
+                                          band_scale_outliers, read_ingest_report, resolve_newest_span, scene_examples)
+from components.scenes import SceneError
+from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config
+from synth.scenes import generate_sample
 from transforms.features import BLOCK_ID, COL, LABEL, ROW, SCENE_ID, layout, raw_feature_spec
 
 P = Config().ingest.patch_size

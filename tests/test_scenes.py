@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 import rasterio
 import tensorflow as tf
+from tiny_scenes import (REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value, reference_transform, region_interior,
+                         truth, write_point_cloud, write_raster, write_scene)
 
 from components.scenes import SceneError, load_scene, scene_dirs
-from pipeline.config import LIDAR_CHANNEL_CHOICES, Config
-from tiny_scenes import (
-    REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value, reference_transform, region_interior, truth,
-    write_point_cloud, write_raster, write_scene,
-)
+from foundation.config import LIDAR_CHANNEL_CHOICES, Config
 
 CONFIG = Config()
 ALL_CHANNELS = Config().replace({"streams.lidar_channels": list(LIDAR_CHANNEL_CHOICES)})

@@ -8,7 +8,7 @@ from google.protobuf import text_format
 from tensorflow_data_validation.statistics.stats_impl import generate_statistics_in_memory
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2
 
-from pipeline.config import Config
+from foundation.config import Config
 from schemas.curated import DEFAULT_SCHEMA_FILE, SERVING, build_schema, schema_text
 from transforms.features import LABEL, layout
 

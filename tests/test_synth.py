@@ -12,10 +12,9 @@ from rasterio.warp import transform_bounds
 from scipy import ndimage
 
 from components.scenes import load_scene
-from pipeline.config import Config, StreamsConfig, TerrainClass
+from foundation.config import Config, StreamsConfig, TerrainClass
 from synth import generate_sample
-from synth.scenes import (MIXED_LABELS_CRS, MIXED_LIDAR_CRS, REFERENCE_CRS, SIGNATURES, SPECTRUM_BANDS,
-                          STREAM_FILES)
+from synth.scenes import MIXED_LABELS_CRS, MIXED_LIDAR_CRS, REFERENCE_CRS, SIGNATURES, SPECTRUM_BANDS, STREAM_FILES
 
 CONFIG = Config()
 IDS = {c.name: c.id for c in CONFIG.classes}

@@ -15,9 +15,9 @@ import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata
 
-from pipeline.config import Config
-from transforms.features import (BLOCK_ID, COL, LABEL, LABEL_INDEX, LIDAR, LIDAR_PREFIX, MS_PREFIX,
-                                 MULTISPECTRAL, ROW, SCENE_ID, layout, raw_feature_spec)
+from foundation.config import Config
+from transforms.features import (BLOCK_ID, COL, LABEL, LABEL_INDEX, LIDAR, LIDAR_PREFIX, MS_PREFIX, MULTISPECTRAL, ROW,
+                                 SCENE_ID, layout, raw_feature_spec)
 from transforms.preprocessing import preprocessing_fn
 
 N_TRAIN, N_EVAL = 240, 80

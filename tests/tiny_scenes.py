@@ -19,8 +19,8 @@ from affine import Affine
 from rasterio.warp import transform_bounds
 from scipy.ndimage import maximum_filter, minimum_filter
 
-from components.scenes import lidar_raster_file
-from pipeline.config import DEFAULT_CLASSES, Config
+from foundation.config import DEFAULT_CLASSES, Config
+from foundation.scene_folder import lidar_raster_file
 
 REFERENCE_CRS = "EPSG:32633"
 WEST, NORTH = 500_000.0, 5_000_040.0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config import Config
+from foundation.config import Config
 
 LABEL = "label"  # raw class id from the class table
 SCENE_ID = "scene_id"

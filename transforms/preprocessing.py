@@ -28,10 +28,14 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from foundation.environment import prepare_tensorflow
+
+prepare_tensorflow()  # TFX loads this module file in its own processes: it is an entry point too
+
 import tensorflow as tf
 import tensorflow_transform as tft
 
-from pipeline.config import Config
+from foundation.config import Config
 from transforms.features import LABEL, LABEL_INDEX, LIDAR, LIDAR_PREFIX, MULTISPECTRAL, FeatureLayout, layout
 
 

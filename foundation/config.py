@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from foundation.scene_folder import SPLIT_PATTERN
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent  # the checkout, or the image's /opt/terrafuse
 
 
@@ -63,7 +65,7 @@ class StreamsConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     # Span folders hold one folder per scene; matching every file makes the cache fingerprint cover all streams.
-    split_pattern: str = "span-{SPAN:4}/*/*"
+    split_pattern: str = SPLIT_PATTERN
     patch_size: int = 9
     # Side of the square spatial tile, in pixels, that the split deals to train, validation and test.
     block_size: int = 32

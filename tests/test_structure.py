@@ -1,0 +1,118 @@
+"""The package layering (README, "Architecture"): every import goes to the same layer or one below, no module
+imports itself round a circle, and what the Trainer's reuse fingerprint and the image rely on exists."""
+import ast
+import os
+import re
+from pathlib import Path
+
+from foundation.config import PROJECT_DIR
+from foundation.environment import TENSORFLOW_ENVIRONMENT
+from pipeline.dag import TRAINING_CODE
+
+# Lowest first. Packages of one layer may import each other; nothing imports a layer above its own.
+LAYERS = (
+    ("foundation",),
+    ("transforms",),
+    ("schemas",),
+    ("models", "components", "synth"),
+    ("pipeline",),
+    ("bench", "tests"),
+)
+LAYER_OF = {package: rank for rank, packages in enumerate(LAYERS) for package in packages}
+# (importing module, imported module): an upward import that is allowed, and why. At most two.
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {}
+
+
+def _modules() -> dict[str, Path]:
+    """Every Python module of the checkout's packages, by dotted name."""
+    modules = {}
+    for package in LAYER_OF:
+        for path in sorted((PROJECT_DIR / package).rglob("*.py")):
+            parts = path.relative_to(PROJECT_DIR).with_suffix("").parts
+            modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _imports(path: Path, known: set[str]) -> set[str]:
+    """terrafuse modules a file imports anywhere (module level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [f"{node.module}.{alias.name}" for alias in node.names] + [node.module]
+        else:
+            continue
+        for name in names:
+            while name and name not in known:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    modules = _modules()
+    return {name: _imports(path, set(modules)) - {name} for name, path in modules.items()}
+
+
+def test_imports_go_to_the_same_layer_or_below():
+    upward = sorted((importer, imported) for importer, targets in _graph().items() for imported in targets
+                    if LAYER_OF[imported.split(".")[0]] > LAYER_OF[importer.split(".")[0]])
+    assert len(ALLOWED_UPWARD) <= 2
+    assert [pair for pair in upward if pair not in ALLOWED_UPWARD] == []
+
+
+def test_no_import_circles():
+    graph = _graph()
+    circles = []
+
+    def visit(module: str, path: list[str]) -> None:
+        for imported in sorted(graph[module]):
+            if imported in path:
+                circles.append(path[path.index(imported):] + [imported])
+            elif imported not in done:
+                visit(imported, path + [imported])
+        done.add(module)
+
+    done: set[str] = set()
+    for module in sorted(graph):
+        if module not in done:
+            visit(module, [module])
+    assert circles == []
+
+
+def test_layer_check_sees_an_upward_import(tmp_path):
+    """The checker itself: a lower-layer module importing a higher one is found, even inside a function."""
+    module = tmp_path / "probe.py"
+    module.write_text("def f():\n    from pipeline.dag import create_pipeline\n")
+    assert _imports(module, set(_modules())) == {"pipeline.dag"}
+
+
+def test_training_fingerprint_covers_existing_code():
+    """A path that no longer exists would silently drop out of the fingerprint, and reuse would stop covering it."""
+    for entry in TRAINING_CODE:
+        path = PROJECT_DIR / entry
+        assert path.exists(), f"TRAINING_CODE names {entry}, which is not in the checkout"
+        assert path.is_file() or list(path.glob("*.py")), f"{entry} holds no Python file"
+    trainer_imports = _imports(PROJECT_DIR / "models" / "trainer.py", set(_modules()))
+    preprocessing_imports = _imports(PROJECT_DIR / "transforms" / "preprocessing.py", set(_modules()))
+    for module in trainer_imports | preprocessing_imports:
+        assert module.split(".")[0] in {entry.split("/")[0] for entry in TRAINING_CODE}, module
+
+
+def test_image_sets_the_tensorflow_environment():
+    """Kubeflow steps run TFX's own entry points in the image: its ENV must set what prepare_tensorflow sets."""
+    dockerfile = (PROJECT_DIR / "Dockerfile").read_text()
+    env = dict(re.findall(r"\b(TF_\w+)=(\S+)", dockerfile))
+    assert {name: env.get(name) for name in TENSORFLOW_ENVIRONMENT} == TENSORFLOW_ENVIRONMENT
+
+
+def test_no_package_sets_the_environment_on_import():
+    for package in LAYER_OF:
+        init = PROJECT_DIR / package / "__init__.py"
+        if init.exists():
+            touched = [node for node in ast.walk(ast.parse(init.read_text()))
+                       if isinstance(node, ast.Attribute) and node.attr in ("environ", "putenv")]
+            assert touched == [], f"{init} changes the environment on import"
+    assert os.environ.get("TF_USE_LEGACY_KERAS") == "1"  # conftest called prepare_tensorflow
