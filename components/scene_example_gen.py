@@ -483,4 +483,4 @@ def SceneExampleGen(config: Config) -> FileBasedExampleGen:
         ),
         custom_config=custom_config_proto(config.restricted("streams", "ingest")),
         custom_executor_spec=executor_spec.BeamExecutorSpec(Executor),
-    ).with_id("SceneExampleGen")
+    )

@@ -14,6 +14,7 @@ from components.baseline import PublishedBaseline
 from components.data_gate import DataGate, DriftGate
 from components.distribution_validator import DistributionValidator
 from components.scene_example_gen import SceneExampleGen
+from pipeline.component_ids import SCENE_EXAMPLE_GEN
 from foundation.config import PROJECT_DIR, TEST, TRAIN, VALIDATION, Config, ConfigError, resolve_path
 from models.evaluation import eval_config
 from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
@@ -66,7 +67,7 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> tfx.dsl.
         raise ConfigError(f"the serving dir {config.serving_dir} is a URI: it must be a POSIX path (a local disk or "
                           f"a mounted volume), because a push is an atomic rename; set run.serving_dir")
     schema = schema_file(config)
-    example_gen = SceneExampleGen(config)
+    example_gen = SceneExampleGen(config).with_id(SCENE_EXAMPLE_GEN)
     schema_gen = tfx.components.ImportSchemaGen(schema_file=schema)
     statistics_gen = tfx.components.StatisticsGen(
         examples=example_gen.outputs["examples"], schema=schema_gen.outputs["schema"]

@@ -1,0 +1,15 @@
+"""The id of every node of the DAG: what ML Metadata, the compiled Kubeflow spec, the run summary and the tests
+call each component. pipeline/dag.py gives each component its id from here."""
+
+SCENE_EXAMPLE_GEN = "SceneExampleGen"
+SCHEMA_GEN = "ImportSchemaGen"
+STATISTICS_GEN = "StatisticsGen"
+EXAMPLE_VALIDATOR = "ExampleValidator"
+LABEL_SKEW_VALIDATOR = "DistributionValidator"
+DATA_GATE = "DataGate"
+DRIFT_GATE = "DriftGate"
+TRANSFORM = "Transform"
+TRAINER = "Trainer"
+BASELINE = "PublishedBaseline"
+EVALUATOR = "Evaluator"
+PUSHER = "Pusher"
