@@ -2,7 +2,7 @@
 
 It reads the same scenes (the newest span, resolved by TFX's own span logic on the same split pattern), samples
 the same valid pixels and deals the same blocks to train, validation and test with the same buffer (ingestion's
-own `sample_scene`, `split_units` and `plan_splits`), z-scores every band and LiDAR channel on its training
+own `scene_patches`, `split_fractions` and `plan_splits`), z-scores every band and LiDAR channel on its training
 statistics in numpy (after the same per-channel clip/log step as the Transform), trains the same CNN with the same
 epochs, batch size, class weights, seed, shuffling and early stopping on the validation split, and measures argmax
 recall on the test split. Left out on purpose: tf.Example encoding, statistics, schema, skew and drift validation,
@@ -32,8 +32,7 @@ from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
 from components.patches import extract_patches
-from components.scene_example_gen import (BUFFER_DROPPED, SceneExampleGen, SceneSummary, band_medians, plan_splits,
-                                          sample_scene, split_units, unit_label_counts)
+from components.scene_example_gen import BUFFER_DROPPED, SceneExampleGen, plan_splits, scene_patches, split_fractions
 from components.scenes import SceneError, scene_dirs
 from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config, load_config
 from models.class_weights import class_weights
@@ -64,33 +63,24 @@ def scene_folders(config: Config) -> list[str]:
     return scene_dirs(fileio.glob(str(Path(input_base) / split.pattern)))
 
 
-def split_fractions(config: Config) -> list[float]:
-    """Each split's share of the units, in SPLITS order, from SceneExampleGen's own output config."""
-    output = proto_utils.json_to_proto(SceneExampleGen(config).exec_properties["output_config"],
-                                       example_gen_pb2.Output())
-    buckets = [split.hash_buckets for split in output.split_config.splits]
-    return [b / sum(buckets) for b in buckets]
-
-
 def read_patches(config: Config) -> Patches:
     """Same scenes, same valid sampled pixels (same seed per scene), same split plan and buffer as ingestion."""
     index_of = {class_id: i for i, class_id in enumerate(config.class_ids)}
     errors, summaries, scenes = [], [], []
     for folder in scene_folders(config):
         try:
-            rasters, rows, cols, report = sample_scene(folder, config)
+            scene = scene_patches(folder, config)
         except SceneError as err:  # plan_splits fails on it (or leaves it out), as ingestion does
             errors.append(str(err))
             continue
-        labels = rasters.labels[rows, cols]
-        units = split_units(rasters.scene_id, rows, cols, config)
-        summaries.append(SceneSummary(rasters.scene_id, rasters.files["multispectral"],
-                                      unit_label_counts(units, labels, config.class_ids), band_medians(rasters),
-                                      report))
-        stack = np.concatenate([rasters.multispectral, rasters.lidar])
-        scenes.append((rasters.scene_id, labels, units,
-                       extract_patches(stack, rows, cols, config.ingest.patch_size)))
-    plan = plan_splits(errors, summaries, split_fractions(config), config)
+        summaries.append(scene.summary)
+        stack = np.concatenate([scene.rasters.multispectral, scene.rasters.lidar])
+        scenes.append((scene.rasters.scene_id, scene.labels, scene.units,
+                       extract_patches(stack, scene.rows, scene.cols, config.ingest.patch_size)))
+    # Each split's share from SceneExampleGen's own output config, as its executor reads it.
+    output_config = proto_utils.json_to_proto(SceneExampleGen(config).exec_properties["output_config"],
+                                              example_gen_pb2.Output())
+    plan = plan_splits(errors, summaries, split_fractions(output_config), config)
     values, label_index, split = [], [], []
     dropped = 0
     for scene_id, labels, units, patches in scenes:

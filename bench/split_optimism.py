@@ -20,6 +20,7 @@ import numpy as np
 
 from foundation.config import PROJECT_DIR, TEST, VALIDATION, Config
 from foundation.environment import prepare_tensorflow
+from foundation.scene_folder import SPAN_PREFIX
 
 UNSEEN_SEED = 100
 OLD_COMMIT = "92daea8"  # the last commit before issue 9: two splits, no masks, no buffer
@@ -63,7 +64,7 @@ def _unseen_examples(data_root: Path, config: Config) -> tuple[list[bytes], np.n
 
     everything = config.replace({"ingest.max_per_class": 0})
     serialized, labels = [], []
-    for scene in sorted(p for p in data_root.glob("span-*/*") if p.is_dir()):
+    for scene in sorted(p for p in data_root.glob(f"{SPAN_PREFIX}*/*") if p.is_dir()):
         rasters, rows, cols, _ = sample_scene(str(scene), everything)
         serialized += encode_examples(rasters, rows, cols, everything)
         labels.append(rasters.labels[rows, cols])

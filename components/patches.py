@@ -1,16 +1,12 @@
-"""Sample labelled pixels of an aligned scene, cut P x P patches around them and serialize tf.Examples.
-
-Serialization writes the protobuf wire format directly: building tf.train.Example objects through the proto
-API managed about 7,000 examples/s (P = 9, seven float features), this over 180,000. Every float feature of
-a scene has the same size, so its bytes are a constant header followed by the patch's float32 values, laid
-out for all patches at once in numpy.
-"""
+"""Sample labelled pixels of an aligned scene, cut P x P patches around them and serialize tf.Examples
+(in the wire format components.example_wire writes)."""
 from __future__ import annotations
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy.ndimage import minimum_filter
 
+from components.example_wire import bytes_entry, float_entries, int64_entry, serialize_examples
 from components.scenes import SceneRasters
 from foundation.config import Config
 from transforms.features import BLOCK_ID, COL, LABEL, ROW, SCENE_ID, layout
@@ -106,21 +102,11 @@ def encode_examples(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray, c
     rows = np.asarray(rows, np.intp)
     cols = np.asarray(cols, np.intp)
     tails = _metadata_entries(rasters, rows, cols, config)
-    headers = [_float_entry_header(name, lay.patch_values) for name in lay.stream_features]
     serialized = []
     for start in range(0, rows.size, _EXAMPLES_PER_CHUNK):
         chunk = slice(start, start + _EXAMPLES_PER_CHUNK)
-        patches = extract_patches(stack, rows[chunk], cols[chunk], lay.patch_size).astype("<f4", copy=False)
-        float_entries = _float_entries(headers, patches)
-        entries_size = float_entries.shape[1]
-        entries = memoryview(float_entries.reshape(-1))
-        example_headers: dict[int, bytes] = {}
-        for i, tail in enumerate(tails[chunk]):
-            size = entries_size + len(tail)
-            header = example_headers.get(size)
-            if header is None:
-                header = example_headers[size] = _field_header(_EXAMPLE_FEATURES, size)
-            serialized.append(b"".join((header, entries[i * entries_size:(i + 1) * entries_size], tail)))
+        patches = extract_patches(stack, rows[chunk], cols[chunk], lay.patch_size)
+        serialized += serialize_examples(float_entries(lay.stream_features, patches), tails[chunk])
     return serialized
 
 
@@ -128,86 +114,16 @@ def _metadata_entries(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray,
     """Per example, the map entries of label, scene id, block id, row and col; each distinct value is
     encoded once."""
     labels = rasters.labels[rows, cols]
-    label_entries = {label: _int64_entry(LABEL, label) for label in np.unique(labels).tolist()}
-    row_entries = {r: _int64_entry(ROW, r) for r in np.unique(rows).tolist()}
-    col_entries = {c: _int64_entry(COL, c) for c in np.unique(cols).tolist()}
-    scene_entry = _bytes_entry(SCENE_ID, rasters.scene_id.encode())
+    label_entries = {label: int64_entry(LABEL, label) for label in np.unique(labels).tolist()}
+    row_entries = {r: int64_entry(ROW, r) for r in np.unique(rows).tolist()}
+    col_entries = {c: int64_entry(COL, c) for c in np.unique(cols).tolist()}
+    scene_entry = bytes_entry(SCENE_ID, rasters.scene_id.encode())
     block_entries: dict[bytes, bytes] = {}
     tails = []
     for label, block, r, c in zip(labels.tolist(), block_ids(rasters.scene_id, rows, cols, config.ingest.block_size),
                                   rows.tolist(), cols.tolist()):
         block_entry = block_entries.get(block)
         if block_entry is None:
-            block_entry = block_entries[block] = _bytes_entry(BLOCK_ID, block)
+            block_entry = block_entries[block] = bytes_entry(BLOCK_ID, block)
         tails.append(label_entries[label] + scene_entry + block_entry + row_entries[r] + col_entries[c])
     return tails
-
-
-# Field numbers of tf.train.Example and the messages inside it (tensorflow/core/example/feature.proto).
-_EXAMPLE_FEATURES = 1  # Example.features
-_FEATURES_ENTRY = 1  # Features.feature, a map<string, Feature>: repeated {key = 1, value = 2}
-_ENTRY_KEY = 1
-_ENTRY_VALUE = 2
-_FEATURE_BYTES_LIST = 1
-_FEATURE_FLOAT_LIST = 2
-_FEATURE_INT64_LIST = 3
-_LIST_VALUE = 1  # BytesList/FloatList/Int64List.value; numeric lists are packed
-_LENGTH_DELIMITED = 2
-
-
-def _varint(value: int) -> bytes:
-    value &= (1 << 64) - 1  # negative int64 is written as its 64-bit two's complement
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-def _field_header(field_number: int, length: int) -> bytes:
-    return _varint(field_number << 3 | _LENGTH_DELIMITED) + _varint(length)
-
-
-def _field(field_number: int, payload: bytes) -> bytes:
-    return _field_header(field_number, len(payload)) + payload
-
-
-def _feature_entry(key: str, feature: bytes) -> bytes:
-    return _field(_FEATURES_ENTRY, _field(_ENTRY_KEY, key.encode()) + _field(_ENTRY_VALUE, feature))
-
-
-def _int64_entry(key: str, value: int) -> bytes:
-    return _feature_entry(key, _field(_FEATURE_INT64_LIST, _field(_LIST_VALUE, _varint(value))))
-
-
-def _bytes_entry(key: str, value: bytes) -> bytes:
-    return _feature_entry(key, _field(_FEATURE_BYTES_LIST, _field(_LIST_VALUE, value)))
-
-
-def _float_entry_header(key: str, n_values: int) -> bytes:
-    """Everything of a float feature's map entry that precedes its packed little-endian float32 values."""
-    values_length = 4 * n_values
-    float_list_length = len(_field_header(_LIST_VALUE, values_length)) + values_length
-    feature_length = len(_field_header(_FEATURE_FLOAT_LIST, float_list_length)) + float_list_length
-    value_header = (_field_header(_ENTRY_VALUE, feature_length)
-                    + _field_header(_FEATURE_FLOAT_LIST, float_list_length)
-                    + _field_header(_LIST_VALUE, values_length))
-    key_field = _field(_ENTRY_KEY, key.encode())
-    entry_length = len(key_field) + len(value_header) + values_length
-    return _field_header(_FEATURES_ENTRY, entry_length) + key_field + value_header
-
-
-def _float_entries(headers: list[bytes], patches: np.ndarray) -> np.ndarray:
-    """(N, bytes) uint8: per example, the map entries of every float feature, each its constant header then
-    its patch's values."""
-    n_examples, _, n_values = patches.shape
-    entries = np.empty((n_examples, sum(len(h) + 4 * n_values for h in headers)), np.uint8)
-    values = patches.view(np.uint8)  # (N, C, 4 * P*P)
-    offset = 0
-    for channel, header in enumerate(headers):
-        entries[:, offset:offset + len(header)] = np.frombuffer(header, np.uint8)
-        offset += len(header)
-        entries[:, offset:offset + 4 * n_values] = values[:, channel]
-        offset += 4 * n_values
-    return entries

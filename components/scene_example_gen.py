@@ -92,6 +92,18 @@ class SceneSummary:
 
 
 @dataclass
+class ScenePatches:
+    """One scene's patch centres with what the split needs of them: what ingestion and bench/floor.py share."""
+
+    rasters: SceneRasters
+    rows: np.ndarray
+    cols: np.ndarray
+    labels: np.ndarray  # class id per patch centre
+    units: list[tuple[bytes, ...]]  # per patch, the split units its window touches, the centre's first
+    summary: SceneSummary
+
+
+@dataclass
 class SceneExamples:
     serialized: list[bytes]
     keys: list[tuple[str, int, tuple[bytes, ...]]]  # per example: scene id, class id, split units its window touches
@@ -170,20 +182,28 @@ def band_medians(rasters: SceneRasters) -> tuple[float, ...]:
     return tuple(float(np.median(band[valid])) for band in rasters.multispectral)
 
 
-def scene_examples(scene_dir: str, config: Config) -> SceneExamples:
-    """Every example of one scene; raises SceneError naming the scene and file on bad input."""
+def scene_patches(scene_dir: str, config: Config) -> ScenePatches:
+    """The sampled patch centres of one scene, their split units and its summary; raises SceneError naming
+    the scene and file on bad input."""
     rasters, rows, cols, report = sample_scene(scene_dir, config)
     labels = rasters.labels[rows, cols]
     units = split_units(rasters.scene_id, rows, cols, config)
-    logging.info("scene %s: %d patches; %d of %d labelled pixels have a valid window; masked pixels %s; LiDAR "
-                 "cells filled %s", rasters.scene_id, len(rows), report["valid_labelled_pixels"],
-                 report["labelled_pixels"], report["masked_pixels"], report["lidar_filled_cells"])
     summary = SceneSummary(rasters.scene_id, rasters.files["multispectral"],
                            unit_label_counts(units, labels, config.class_ids), band_medians(rasters), report)
+    return ScenePatches(rasters, rows, cols, labels, units, summary)
+
+
+def scene_examples(scene_dir: str, config: Config) -> SceneExamples:
+    """Every example of one scene; raises SceneError naming the scene and file on bad input."""
+    scene = scene_patches(scene_dir, config)
+    report = scene.summary.report
+    logging.info("scene %s: %d patches; %d of %d labelled pixels have a valid window; masked pixels %s; LiDAR "
+                 "cells filled %s", scene.rasters.scene_id, len(scene.rows), report["valid_labelled_pixels"],
+                 report["labelled_pixels"], report["masked_pixels"], report["lidar_filled_cells"])
     return SceneExamples(
-        serialized=encode_examples(rasters, rows, cols, config),
-        keys=[(rasters.scene_id, label, touched) for label, touched in zip(labels.tolist(), units)],
-        summary=summary,
+        serialized=encode_examples(scene.rasters, scene.rows, scene.cols, config),
+        keys=[(scene.rasters.scene_id, label, touched) for label, touched in zip(scene.labels.tolist(), scene.units)],
+        summary=scene.summary,
     )
 
 
@@ -195,6 +215,12 @@ def unit_label_counts(units: list[tuple[bytes, ...]], labels: np.ndarray,
     for (unit, label), n in Counter(zip(map(itemgetter(0), units), np.asarray(labels).tolist())).items():
         counts.setdefault(unit, np.zeros(len(class_ids), np.int64))[index[label]] = n
     return counts
+
+
+def split_fractions(output_config: example_gen_pb2.Output) -> list[float]:
+    """Each split's share of the units, in the output config's split order, from its hash buckets."""
+    buckets = [split.hash_buckets for split in output_config.split_config.splits]
+    return [b / sum(buckets) for b in buckets]
 
 
 def assign_blocks(block_counts: dict[bytes, np.ndarray], fractions: list[float]) -> dict[bytes, int]:
@@ -441,8 +467,7 @@ class Executor(BaseExampleGenExecutor):
                 or tuple(split.name for split in splits) != SPLITS):
             raise ValueError(f"SceneExampleGen reads one input split and writes the splits {', '.join(SPLITS)}, "
                              f"partitioned on {BLOCK_ID!r}")
-        buckets = [split.hash_buckets for split in splits]
-        fractions = [b / sum(buckets) for b in buckets]
+        fractions = split_fractions(output_config)
         config = config_from_exec_properties(exec_properties)
         read = pipeline | "InputToRecord" >> _ScenesToExamples(exec_properties, input_config.splits[0].pattern)
         summaries = read[_SUMMARIES] | "CollectSummaries" >> beam.combiners.ToList()

@@ -2,8 +2,9 @@
 
 The multispectral raster defines the reference grid. Labels are resampled with nearest neighbour (ids must
 never be averaged), pre-rasterised LiDAR bilinearly (measurements), and point clouds are rasterised cell by
-cell on the reference grid itself, so no stream is resampled twice. Every problem becomes a SceneError that
-names the scene, the file and what is wrong, so the executor can list all bad scenes of a run at once.
+cell on the reference grid itself (components.lidar_rasters), so no stream is resampled twice. Every problem
+becomes a SceneError that names the scene, the file and what is wrong, so the executor can list all bad scenes
+of a run at once.
 
 Each stream also gets a validity mask on the reference grid, and invalid pixels hold NaN: nothing a scene does
 not observe may reach an example. Multispectral: the raster's nodata, internal or alpha mask, and non-finite
@@ -32,26 +33,17 @@ from pyproj.exceptions import CRSError
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
-from rasterio.transform import array_bounds
 from rasterio.warp import Resampling, reproject, transform_bounds
-from scipy.interpolate import griddata
-from scipy.ndimage import binary_dilation, distance_transform_edt
-from scipy.spatial import QhullError
+from scipy.ndimage import distance_transform_edt
 
+from components.lidar_rasters import Grid, PointCloudError, Points, rasterise_point_cloud
 from foundation.config import Config
 from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file
 
 log = logging.getLogger(__name__)
 
-GROUND_CLASS = 2
-# ASPRS low and high noise: a bird or a multipath echo must not become the top of a cell.
-NOISE_CLASSES = (7, 18)
 # Labels that are nodata or outside the labels raster while reprojecting; 0 once on the reference grid.
 _NO_LABEL = -1
-# Ground cells this close to a cell without ground points span the triangles that interpolate it.
-_GAP_RIM_CELLS = 2
-# Rounds of closing ground gaps between opposite neighbours; what is left goes to the triangulation.
-_NEIGHBOUR_FILL_ROUNDS = 4
 # A damaged point cloud fails in laspy, in lazrs (a RuntimeError subclass) or in pyproj (its CRS VLR).
 _POINT_CLOUD_READ_ERRORS = (laspy.errors.LaspyException, OSError, ValueError, RuntimeError, CRSError)
 
@@ -84,29 +76,6 @@ class SceneRasters:
     labels_valid: np.ndarray  # bool (H, W): the labels raster has a value here (not nodata, not outside it)
     filled_cells: dict[str, int]  # per LiDAR channel, cells without data filled from within max_lidar_gap_m
     files: dict[str, str]  # per stream (multispectral, lidar, labels): the file(s) it was read from
-
-
-@dataclass(frozen=True)
-class _Grid:
-    crs: CRS
-    transform: Affine
-    height: int
-    width: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        return self.height, self.width
-
-    @property
-    def bounds(self) -> tuple[float, float, float, float]:
-        return array_bounds(self.height, self.width, self.transform)
-
-    @property
-    def pixel_size_m(self) -> tuple[float, float]:
-        """(row, column) spacing in metres: fill radii and densities are metric even on a CRS in feet."""
-        t = self.transform
-        metres = self.crs.linear_units_factor[1]
-        return float(np.hypot(t.b, t.e)) * metres, float(np.hypot(t.a, t.d)) * metres
 
 
 def _is_uri(path: str | os.PathLike) -> bool:
@@ -174,22 +143,14 @@ def _require_projected(scene: str, path: Path, crs: CRS | pyproj.CRS | None) -> 
         raise SceneError(scene, path, f"{kind} CRS {crs.to_string()}; a projected CRS is required")
 
 
-def _require_overlap(scene: str, path: Path, crs: CRS, bounds: tuple[float, ...], grid: _Grid) -> None:
+def _require_overlap(scene: str, path: Path, crs: CRS, bounds: tuple[float, ...], grid: Grid) -> None:
     west, south, east, north = transform_bounds(crs, grid.crs, *bounds, densify_pts=21)
     ref_west, ref_south, ref_east, ref_north = grid.bounds
     if min(east, ref_east) <= max(west, ref_west) or min(north, ref_north) <= max(south, ref_south):
-        raise SceneError(
-            scene, path,
-            f"does not overlap {MULTISPECTRAL_FILE}: bounds {_format_bounds((west, south, east, north))} vs "
-            f"{_format_bounds(grid.bounds)} in {grid.crs.to_string()}",
-        )
+        raise SceneError(scene, path, grid.not_covered("bounds", (west, south, east, north)))
 
 
-def _format_bounds(bounds: tuple[float, ...]) -> str:
-    return "(" + ", ".join(f"{value:.1f}" for value in bounds) + ")"
-
-
-def _read_multispectral(scene: str, path: Path, config: Config) -> tuple[np.ndarray, np.ndarray, _Grid]:
+def _read_multispectral(scene: str, path: Path, config: Config) -> tuple[np.ndarray, np.ndarray, Grid]:
     """Reflectance in uint16 units, NaN where any band is invalid, and the mask of pixels valid in every band."""
     bands = config.streams.multispectral_bands
     with _open_raster(scene, path) as src:
@@ -201,7 +162,7 @@ def _read_multispectral(scene: str, path: Path, config: Config) -> tuple[np.ndar
             )
         data = src.read(out_dtype=np.float32)
         valid = _gdal_valid(src)
-        grid = _Grid(src.crs, src.transform, src.height, src.width)
+        grid = Grid(src.crs, src.transform, src.height, src.width)
         is_float = np.dtype(src.dtypes[0]).kind == "f"
     if is_float:
         valid &= np.isfinite(data).all(axis=0)
@@ -218,7 +179,7 @@ def _gdal_valid(src: rasterio.DatasetReader) -> np.ndarray:
     return (src.read_masks() > 0).all(axis=0)
 
 
-def _read_labels(scene: str, path: Path, grid: _Grid, config: Config) -> tuple[np.ndarray, np.ndarray]:
+def _read_labels(scene: str, path: Path, grid: Grid, config: Config) -> tuple[np.ndarray, np.ndarray]:
     """Class ids on the reference grid (0 = unlabelled) and where the labels raster had a value at all."""
     with _open_raster(scene, path) as src:
         _require_projected(scene, path, src.crs)
@@ -257,7 +218,7 @@ def _format_id(value: np.generic) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _read_lidar(scene: str, scene_dir: Path, grid: _Grid,
+def _read_lidar(scene: str, scene_dir: Path, grid: Grid,
                 config: Config) -> tuple[np.ndarray, np.ndarray, dict[str, int], list[str]]:
     """(channels, H, W) values, NaN where invalid; the mask of cells valid in every channel; the cells filled
     per channel; the file(s) read."""
@@ -294,14 +255,14 @@ def _read_lidar(scene: str, scene_dir: Path, grid: _Grid,
     return np.stack(stack).astype(np.float32), valid, filled, files
 
 
-def _nearest_within(has_data: np.ndarray, grid: _Grid, max_gap_m: float) -> tuple[np.ndarray, ...]:
+def _nearest_within(has_data: np.ndarray, grid: Grid, max_gap_m: float) -> tuple[np.ndarray, ...]:
     """Per cell, the row and column of the nearest cell with data, and the empty cells that lie within
     `max_gap_m` of one (metric, so a CRS in feet or non-square pixels do not change the gap)."""
     distance, (rows, cols) = distance_transform_edt(~has_data, sampling=grid.pixel_size_m, return_indices=True)
     return rows, cols, ~has_data & (distance <= max_gap_m)
 
 
-def _resample_lidar_raster(scene: str, scene_dir: Path, channel: str, grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
+def _resample_lidar_raster(scene: str, scene_dir: Path, channel: str, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     path = scene_dir / lidar_raster_file(channel)
     with _open_raster(scene, path) as src:
         _require_projected(scene, path, src.crs)
@@ -321,7 +282,7 @@ def _resample_lidar_raster(scene: str, scene_dir: Path, channel: str, grid: _Gri
     return values, has_data
 
 
-def _rasterise_point_cloud(scene: str, path: Path, grid: _Grid) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _rasterise_point_cloud(scene: str, path: Path, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every channel the config may ask for, as (values, cell has points) on the reference grid."""
     try:
         las = laspy.read(path)
@@ -329,52 +290,16 @@ def _rasterise_point_cloud(scene: str, path: Path, grid: _Grid) -> dict[str, tup
     except _POINT_CLOUD_READ_ERRORS as err:
         raise SceneError(scene, path, f"cannot read point cloud: {err}") from err
     x, y = _points_on_reference_crs(scene, path, las, cloud_crs, grid)
-    z = np.asarray(las.z, np.float64)
-    classification = np.asarray(las.classification)
-    if not (classification == GROUND_CLASS).any():
-        raise SceneError(scene, path, f"no ground points (classification {GROUND_CLASS})")
-
-    inverse = ~grid.transform
-    cols = np.floor(inverse.a * x + inverse.b * y + inverse.c).astype(np.int64)
-    rows = np.floor(inverse.d * x + inverse.e * y + inverse.f).astype(np.int64)
-    on_grid = (rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
-    keep = on_grid & ~np.isin(classification, NOISE_CLASSES)
-    if not keep.any():
-        point_bounds = (x.min(), y.min(), x.max(), y.max()) if x.size else (np.nan,) * 4
-        raise SceneError(
-            scene, path,
-            f"does not overlap {MULTISPECTRAL_FILE}: points {_format_bounds(point_bounds)} vs "
-            f"{_format_bounds(grid.bounds)} in {grid.crs.to_string()}",
-        )
-    cell = rows[keep] * grid.width + cols[keep]
-    z = z[keep]
-    ground = classification[keep] == GROUND_CLASS
-    if not ground.any():
-        raise SceneError(scene, path, f"no ground points (classification {GROUND_CLASS}) on the "
-                                      f"{MULTISPECTRAL_FILE} grid")
-
-    n_cells = grid.height * grid.width
-    count = np.bincount(cell, minlength=n_cells)
-    has_points = (count > 0).reshape(grid.shape)
-    count_or_one = np.maximum(count, 1)  # empty cells divide 0 by 1, then get filled or masked
-    top = np.full(n_cells, -np.inf)
-    np.maximum.at(top, cell, z)
-    ground_surface = _ground_surface(cell[ground], z[ground], grid)
-    height = np.maximum(top.reshape(grid.shape) - ground_surface, 0.0)
-    intensity = np.bincount(cell, weights=np.asarray(las.intensity)[keep], minlength=n_cells) / count_or_one
-    multiple = np.bincount(cell, weights=np.asarray(las.number_of_returns)[keep] > 1, minlength=n_cells)
-    row_spacing, col_spacing = grid.pixel_size_m
-    no_gaps = np.ones(grid.shape, bool)  # an empty cell's density of 0 is a measurement, not a gap
-    return {
-        "height": (height, has_points),
-        "intensity": (intensity.reshape(grid.shape), has_points),
-        "return_ratio": ((multiple / count_or_one).reshape(grid.shape), has_points),
-        "density": ((count / (row_spacing * col_spacing)).reshape(grid.shape), no_gaps),
-    }
+    points = Points(x, y, np.asarray(las.z, np.float64), np.asarray(las.classification), np.asarray(las.intensity),
+                    np.asarray(las.number_of_returns))
+    try:
+        return rasterise_point_cloud(points, grid)
+    except PointCloudError as err:
+        raise SceneError(scene, path, str(err)) from err
 
 
 def _points_on_reference_crs(scene: str, path: Path, las: laspy.LasData, cloud_crs: pyproj.CRS | None,
-                             grid: _Grid) -> tuple[np.ndarray, np.ndarray]:
+                             grid: Grid) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(las.x, np.float64), np.asarray(las.y, np.float64)
     if cloud_crs is None:
         log.warning("scene %s: %s has no CRS; assuming the CRS of %s (%s)", scene, path, MULTISPECTRAL_FILE,
@@ -386,69 +311,3 @@ def _points_on_reference_crs(scene: str, path: Path, las: laspy.LasData, cloud_c
     if horizontal.equals(reference, ignore_axis_order=True):
         return x, y
     return Transformer.from_crs(horizontal, reference, always_xy=True).transform(x, y)
-
-
-def _ground_surface(cell: np.ndarray, z: np.ndarray, grid: _Grid) -> np.ndarray:
-    """Terrain height at every cell centre from ground points.
-
-    Cells with ground points take their mean ground z (class 2 is already the classifier's ground, and on a
-    slope the minimum would sit up to half a cell's rise too low). Cells without are interpolated linearly,
-    those outside the ground cells' hull take the nearest cell's value.
-    """
-    n_cells = grid.height * grid.width
-    ground_count = np.bincount(cell, minlength=n_cells)
-    known = ground_count > 0
-    surface = np.full(n_cells, np.nan)
-    surface[known] = np.bincount(cell, weights=z, minlength=n_cells)[known] / ground_count[known]
-    surface = _triangulate_gaps(_fill_between_neighbours(surface.reshape(grid.shape)))
-    gaps = np.isnan(surface)
-    if gaps.any():
-        rows, cols = distance_transform_edt(gaps, return_distances=False, return_indices=True)
-        surface = surface[rows, cols]
-    return surface
-
-
-def _fill_between_neighbours(surface: np.ndarray) -> np.ndarray:
-    """Fills gaps that lie between two known cells (vertically, horizontally or diagonally) with the mean
-    of such pairs, a few rounds so small clusters close from the outside in.
-
-    This is linear interpolation along the grid's lines and exact on a plane. Ground points leave many
-    scattered empty cells (under canopy, on dark surfaces); closing those here keeps them out of the
-    Delaunay triangulation, which costs about 10 s per million cells.
-    """
-    height, width = surface.shape
-    padded = np.full((height + 2, width + 2), np.nan)
-    for _ in range(_NEIGHBOUR_FILL_ROUNDS):
-        gaps = np.isnan(surface)
-        if not gaps.any():
-            break
-        padded[1:-1, 1:-1] = surface
-        total = np.zeros(surface.shape)
-        pairs = np.zeros(surface.shape, np.int8)
-        for dr, dc in ((1, 0), (0, 1), (1, 1), (1, -1)):
-            pair = (padded[1 + dr:height + 1 + dr, 1 + dc:width + 1 + dc]
-                    + padded[1 - dr:height + 1 - dr, 1 - dc:width + 1 - dc])
-            found = np.isfinite(pair)
-            total[found] += pair[found] / 2
-            pairs += found
-        fill = gaps & (pairs > 0)
-        if not fill.any():
-            break
-        surface = np.where(fill, total / np.maximum(pairs, 1), surface)
-    return surface
-
-
-def _triangulate_gaps(surface: np.ndarray) -> np.ndarray:
-    """Linear (Delaunay) interpolation of the remaining gaps from the known cells around them: cells far
-    from any gap never shape the triangles that cover one, so they stay out of the triangulation."""
-    gaps = np.isnan(surface)
-    rim = binary_dilation(gaps, iterations=_GAP_RIM_CELLS) & ~gaps
-    if not gaps.any() or np.count_nonzero(rim) < 3:
-        return surface
-    try:
-        interpolated = griddata(np.nonzero(rim), surface[rim], np.nonzero(gaps), method="linear")
-    except QhullError:  # rim cells on one line: no triangles, the nearest-cell fill covers these gaps
-        return surface
-    surface = surface.copy()
-    surface[gaps] = interpolated
-    return surface

@@ -12,7 +12,9 @@ SPAN_DIGITS = 4
 SPLIT_PATTERN = f"{SPAN_PREFIX}{{SPAN:{SPAN_DIGITS}}}/*/*"
 MULTISPECTRAL_FILE = "multispectral.tif"
 LABELS_FILE = "labels.tif"
-POINT_CLOUD_FILES = ("lidar.las", "lidar.laz")
+LAS_FILE = "lidar.las"
+LAZ_FILE = "lidar.laz"
+POINT_CLOUD_FILES = (LAS_FILE, LAZ_FILE)  # read in this order
 
 
 def span_folder(span: int) -> str:

@@ -5,12 +5,11 @@ signal it should: spectra separate road from bare soil but not grass from trees 
 roads from above (height again), and the raw scales differ by about three orders of magnitude (reflectance x
 10000 against metres), which an unnormalised model does not survive.
 
-Layout written by `generate_sample`:
-    out_dir/manifest.json                        seed, sizes, class counts per span and scene (the known answer)
-    out_dir/span-0001/scene-000/multispectral.tif
-                               /lidar.laz         (or lidar_ndsm.tif + lidar_intensity.tif: grids="prerasterized")
-                               /labels.tif
-Span folders hold only scene folders and scene folders only stream files, as ingestion matches `span-*/*/*`.
+`generate_sample` writes span and scene folders as the input contract lays them out (foundation/scene_folder.py):
+a LAZ point cloud, or with grids="prerasterized" the height and intensity rasters instead. Span folders hold only
+scene folders and scene folders only stream files, as ingestion matches every file of every scene (SPLIT_PATTERN).
+Beside the spans, out_dir/manifest.json records the seed, sizes and class counts per span and scene: the known
+answer.
 """
 from __future__ import annotations
 
@@ -29,6 +28,8 @@ from rasterio.warp import Resampling, calculate_default_transform, reproject
 from scipy import ndimage, special
 
 from foundation.config import Config, StreamsConfig
+from foundation.scene_folder import (LABELS_FILE, LAZ_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file,
+                                     span_folder)
 
 # The reflectance tuples below follow the config's default band order; other orders are looked up by name.
 SPECTRUM_BANDS = StreamsConfig().multispectral_bands
@@ -95,7 +96,11 @@ ANNOTATION_BLOB_M = 3.0
 MIN_SIZE = 32  # smaller scenes cannot hold a river, a road and a building side by side
 WATER_SURFACE_BELOW_BANK_M = 0.6
 ACQUISITION_DATE = datetime.date(2024, 6, 14)  # fixed, so LAZ files are byte-identical across runs
-STREAM_FILES = ("multispectral.tif", "labels.tif", "lidar.laz", "lidar_ndsm.tif", "lidar_intensity.tif")
+# The point cloud is written LAZ-compressed, as clouds are delivered.
+PRERASTERIZED_CHANNELS = ("height", "intensity")
+# Every file a scene folder may hold: what one call does not write is removed, so no stale stream is read.
+STREAM_FILES = (MULTISPECTRAL_FILE, LABELS_FILE, *POINT_CLOUD_FILES,
+                *(lidar_raster_file(channel) for channel in PRERASTERIZED_CHANNELS))
 
 
 @dataclass(frozen=True)
@@ -147,13 +152,13 @@ def generate_sample(out_dir, config: Config | None = None, spans: int = 1, scene
         stream files this call writes (stale spans from an earlier call with more spans stay).
     config: band order and names (`streams.multispectral_bands`) and the class table (`classes`); every class
         name must be a key of SIGNATURES and every band one of SPECTRUM_BANDS. Default: Config().
-    spans: span folders span-0001 .. span-NNNN. scenes_per_span: scene folders scene-000 .. per span.
+    spans: span folders 1 .. spans (span_folder). scenes_per_span: scene folders scene-000 .. per span.
     size: scene side in pixels of 1 m (at least MIN_SIZE); 160 gives ~16,000 labelled pixels over 4 scenes.
     seed: same seed, same arrays; each scene draws from its own stream keyed by (seed, span, scene).
     shifted_span: 1-based span whose land cover and labels drift (more water and bare soil, less grass).
     grids: "reference" (labels on the multispectral grid, LiDAR in its CRS); "mixed" (labels on a 2 m grid
-        in MIXED_LABELS_CRS, LiDAR in MIXED_LIDAR_CRS); "prerasterized" (lidar_ndsm.tif and
-        lidar_intensity.tif on a 2 m grid offset from the multispectral grid instead of lidar.laz).
+        in MIXED_LABELS_CRS, LiDAR in MIXED_LIDAR_CRS); "prerasterized" (height and intensity rasters,
+        lidar_raster_file, on a 2 m grid offset from the multispectral grid instead of the point cloud).
     """
     config = config or Config()
     _check_arguments(config, spans, scenes_per_span, size, shifted_span, grids)
@@ -167,7 +172,7 @@ def generate_sample(out_dir, config: Config | None = None, spans: int = 1, scene
     }
     scene_dirs = []
     for span in range(1, spans + 1):
-        span_name = f"span-{span:04d}"
+        span_name = span_folder(span)
         span_entry = {"class_counts": dict.fromkeys(config.class_names, 0), "scenes": {}}
         for scene in range(scenes_per_span):
             scene_dir = out_dir / span_name / f"scene-{scene:03d}"
@@ -211,20 +216,21 @@ def _write_scene(scene_dir: Path, rng, config: Config, size: int, shifted: bool,
     labels = _labels(rng, layout.cover, config, shifted)
     points = _point_cloud(rng, layout, config)
 
-    written = {"multispectral.tif", "labels.tif"}
-    _write_raster(scene_dir / "multispectral.tif", multispectral, REFERENCE_CRS, transform,
+    written = {MULTISPECTRAL_FILE, LABELS_FILE}
+    _write_raster(scene_dir / MULTISPECTRAL_FILE, multispectral, REFERENCE_CRS, transform,
                   descriptions=config.streams.multispectral_bands,
                   tags={"REFLECTANCE_SCALE": str(config.streams.float_reflectance_scale)})
     if grids == "mixed":
-        _write_reprojected_labels(scene_dir / "labels.tif", labels, transform)
+        _write_reprojected_labels(scene_dir / LABELS_FILE, labels, transform)
     else:
-        _write_raster(scene_dir / "labels.tif", labels[np.newaxis], REFERENCE_CRS, transform, nodata=0)
+        _write_raster(scene_dir / LABELS_FILE, labels[np.newaxis], REFERENCE_CRS, transform, nodata=0)
     if grids == "prerasterized":
         _write_prerasterized_lidar(scene_dir, points, origin, size)
-        written |= {"lidar_ndsm.tif", "lidar_intensity.tif"}
+        written |= {lidar_raster_file(channel) for channel in PRERASTERIZED_CHANNELS}
     else:
-        _write_laz(scene_dir / "lidar.laz", points, origin, MIXED_LIDAR_CRS if grids == "mixed" else REFERENCE_CRS)
-        written.add("lidar.laz")
+        _write_laz(scene_dir / LAZ_FILE, points, origin,
+                   MIXED_LIDAR_CRS if grids == "mixed" else REFERENCE_CRS)
+        written.add(LAZ_FILE)
     for stale in set(STREAM_FILES) - written:
         (scene_dir / stale).unlink(missing_ok=True)
 
@@ -582,6 +588,8 @@ def _write_prerasterized_lidar(scene_dir: Path, points: dict, origin, size: int)
     ndsm = np.where(np.isfinite(top), top, PRERASTERIZED_NODATA)
     intensity = np.where(hits > 0, intensity_sum / np.maximum(hits, 1), PRERASTERIZED_NODATA)
     transform = _north_up(grid_origin, step)
-    for name, values in (("lidar_ndsm.tif", ndsm), ("lidar_intensity.tif", intensity)):
-        _write_raster(scene_dir / name, values.reshape(1, cells, cells).astype(np.float32), REFERENCE_CRS,
-                      transform, nodata=PRERASTERIZED_NODATA)
+    rasters = {"height": ndsm, "intensity": intensity}
+    for channel in PRERASTERIZED_CHANNELS:
+        values = rasters[channel].reshape(1, cells, cells).astype(np.float32)
+        _write_raster(scene_dir / lidar_raster_file(channel), values, REFERENCE_CRS, transform,
+                      nodata=PRERASTERIZED_NODATA)

@@ -1,4 +1,4 @@
-"""Pixel sampling, patch extraction and the hand-written tf.Example wire format."""
+"""Pixel sampling, patch extraction and the tf.Examples a scene's patches become."""
 import numpy as np
 import pytest
 import tensorflow as tf

@@ -4,6 +4,7 @@ import glob
 import json
 import logging
 import os
+import re
 
 import numpy as np
 import pytest
@@ -12,13 +13,14 @@ import tensorflow as tf
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
-from tiny_scenes import REFERENCE_CRS, SIZE, reference_transform, write_raster, write_scene
+from tiny_scenes import POINT_CLOUD_FILE, REFERENCE_CRS, SIZE, reference_transform, write_raster, write_scene
 
 from components.scene_example_gen import (BUFFER_DROPPED, INGEST_REPORT_FILE, INGEST_REPORT_PROPERTY, BadScenesError,
                                           Executor, SceneExampleGen, SceneSummary, SplitPlan, assign_blocks,
                                           band_scale_outliers, read_ingest_report, resolve_newest_span, scene_examples)
 from components.scenes import SceneError
 from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config
+from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, span_folder
 from synth.scenes import generate_sample
 from transforms.features import BLOCK_ID, COL, LABEL, ROW, SCENE_ID, layout, raw_feature_spec
 
@@ -26,7 +28,7 @@ P = Config().ingest.patch_size
 HALF = P // 2
 
 
-def run_executor(config: Config, data_root, output_dir, pattern="span-0001/*/*"):
+def run_executor(config: Config, data_root, output_dir, pattern=f"{span_folder(1)}/*/*"):
     """Runs the executor as TFX would, with the split pattern the driver resolved."""
     component = SceneExampleGen(config.replace({"run.data_root": str(data_root)}))
     exec_properties = dict(component.exec_properties)
@@ -115,8 +117,8 @@ def test_no_validation_or_test_window_overlaps_a_training_window(by_block, sampl
     assert report["patches_per_split"] == written
     cut = sum(scene["patches"] for scene in report["scenes"].values())
     assert report["buffer_dropped"] == cut - sum(written.values()) > 0.1 * cut
-    for scene_dir in sorted((sample_root / "span-0001").iterdir()):
-        with rasterio.open(scene_dir / "labels.tif") as src:
+    for scene_dir in sorted((sample_root / span_folder(1)).iterdir()):
+        with rasterio.open(scene_dir / LABELS_FILE) as src:
             labels = src.read(1)
         scene = report["scenes"][scene_dir.name]
         # The sample is valid everywhere: every labelled pixel whose window fits in the scene is cut.
@@ -180,10 +182,10 @@ def examples_of(scene_dir, config):
 def test_a_nan_region_and_a_nodata_border_never_reach_an_example(tmp_path):
     config = Config().replace({"ingest.max_per_class": 0})
     nan_scene = write_scene(tmp_path, "scene-nan", float_reflectance=True)
-    with rasterio.open(nan_scene / "multispectral.tif") as src:
+    with rasterio.open(nan_scene / MULTISPECTRAL_FILE) as src:
         bands = src.read()
     bands[3, 12:16, 10:14] = np.nan
-    write_raster(nan_scene / "multispectral.tif", bands, REFERENCE_CRS, reference_transform())
+    write_raster(nan_scene / MULTISPECTRAL_FILE, bands, REFERENCE_CRS, reference_transform())
     examples, report = examples_of(nan_scene, config)
     ms = np.stack([examples[name] for name in layout(config).multispectral], 1)
     assert np.isfinite(ms).all() and np.isfinite(examples["lidar_height"]).all()
@@ -194,10 +196,10 @@ def test_a_nan_region_and_a_nodata_border_never_reach_an_example(tmp_path):
     assert report["masked_pixels"]["multispectral"] == 16
 
     nodata_scene = write_scene(tmp_path, "scene-nodata")
-    with rasterio.open(nodata_scene / "multispectral.tif") as src:
+    with rasterio.open(nodata_scene / MULTISPECTRAL_FILE) as src:
         bands = src.read()
     bands[:, :, -3:] = 0  # an east fill border, declared nodata
-    write_raster(nodata_scene / "multispectral.tif", bands, REFERENCE_CRS, reference_transform(), nodata=0)
+    write_raster(nodata_scene / MULTISPECTRAL_FILE, bands, REFERENCE_CRS, reference_transform(), nodata=0)
     examples, report = examples_of(nodata_scene, config)
     ms = np.stack([examples[name] for name in layout(config).multispectral], 1)
     assert ms.min() > 0 and examples[COL].max() == SIZE - 3 - HALF - 1
@@ -217,7 +219,7 @@ def test_lidar_covering_half_a_scene_yields_no_patch_beyond_the_gap(tmp_path):
 
     with pytest.raises(SceneError) as raised:
         scene_examples(str(scene_dir), Config())
-    assert raised.value.path == str(scene_dir / "lidar.las")
+    assert raised.value.path == str(scene_dir / POINT_CLOUD_FILE["las"])
     assert f"only {labelled_with_window / 1400:.1%} of its 1,400 labelled pixels" in raised.value.problem
     assert "ingest.min_valid_share 50%" in raised.value.problem
     assert "ingest.max_lidar_gap_m 1.5 m" in raised.value.problem
@@ -227,9 +229,9 @@ def write_span(root, scales):
     """One tiny scene per scale, its multispectral values multiplied by it (uint16, as delivered)."""
     for name, scale in scales.items():
         scene_dir = write_scene(root, name)
-        with rasterio.open(scene_dir / "multispectral.tif") as src:
+        with rasterio.open(scene_dir / MULTISPECTRAL_FILE) as src:
             bands = src.read().astype(float)
-        write_raster(scene_dir / "multispectral.tif", np.rint(bands * scale).astype(np.uint16), REFERENCE_CRS,
+        write_raster(scene_dir / MULTISPECTRAL_FILE, np.rint(bands * scale).astype(np.uint16), REFERENCE_CRS,
                      reference_transform())
 
 
@@ -244,7 +246,7 @@ def test_a_scene_delivered_in_8_bit_stops_the_run_naming_it(tmp_path):
     message = str(failure.value)
     assert "2 of 5 scenes are bad" in message
     # Blue of the tiny scenes: 1,000 + class id, median 1,030 (grass); / 40 and rounded: 26.
-    assert f"scene scene-8bit: {tmp_path / 'data' / 'span-0001' / 'scene-8bit' / 'multispectral.tif'}: band blue " \
+    assert f"scene scene-8bit: {tmp_path / 'data' / span_folder(1) / 'scene-8bit' / MULTISPECTRAL_FILE}: band blue " \
            f"median 26.0 vs 1,030.0, band green median 28.0 vs 1,130.0, " in message
     assert "scene-unreadable" in message and "3 bands" in message
     for ordinary in ("scene-a", "scene-b", "scene-c"):
@@ -268,7 +270,7 @@ def test_skip_mode_leaves_bad_scenes_out_and_keeps_the_others(tmp_path):
 
 
 def summary(scene_id, medians):
-    return SceneSummary(scene_id, f"/data/{scene_id}/multispectral.tif", {}, tuple(medians), {})
+    return SceneSummary(scene_id, f"/data/{scene_id}/{MULTISPECTRAL_FILE}", {}, tuple(medians), {})
 
 
 def test_band_scales_are_compared_only_with_three_scenes_or_more(caplog):
@@ -277,7 +279,7 @@ def test_band_scales_are_compared_only_with_three_scenes_or_more(caplog):
     assert band_scale_outliers(ordinary, config) == {}
     unscaled = summary("s-float", [0.04, 0.08, 0.05, 0.34, 0.19])  # reflectance 0..1 delivered as uint16 x 1
     (problem,) = band_scale_outliers(ordinary + [unscaled], config).values()
-    assert problem.startswith("scene s-float: /data/s-float/multispectral.tif: band blue median 0.0 vs 400.0")
+    assert problem.startswith(f"scene s-float: /data/s-float/{MULTISPECTRAL_FILE}: band blue median 0.0 vs 400.0")
     with caplog.at_level(logging.WARNING):
         assert band_scale_outliers([ordinary[0], unscaled], config) == {}
     assert "Band scales not compared across scenes: 2 scene(s) read, the check needs at least 3" in caplog.text
@@ -298,8 +300,8 @@ def test_all_bad_scenes_are_reported_at_once(tmp_path):
 
 
 def test_no_scene_folders_is_an_error_naming_the_pattern(tmp_path):
-    (tmp_path / "data" / "span-0001").mkdir(parents=True)
-    with pytest.raises(BadScenesError, match=r"span-0001/\*/\*: no scene folders match"):
+    (tmp_path / "data" / span_folder(1)).mkdir(parents=True)
+    with pytest.raises(BadScenesError, match=re.escape(f"{span_folder(1)}/*/*: no scene folders match")):
         run_executor(Config(), tmp_path / "data", tmp_path / "out")
 
 
@@ -311,6 +313,6 @@ def test_an_unresolved_span_pattern_is_resolved_to_the_newest_span(tmp_path):
     resolved = resolve_newest_span(exec_properties)
     (split,) = proto_utils.json_to_proto(resolved[standard_component_specs.INPUT_CONFIG_KEY],
                                          example_gen_pb2.Input()).splits
-    assert split.pattern == "span-0002/*/*"
+    assert split.pattern == f"{span_folder(2)}/*/*"
     assert resolved["span"] == 2 and resolved["input_fingerprint"].startswith("split:scenes,num_files:3,")
     assert resolve_newest_span(resolved) is resolved  # resolved by a driver: left alone

@@ -6,17 +6,20 @@ import numpy as np
 import pytest
 import rasterio
 import tensorflow as tf
-from tiny_scenes import (REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value, reference_transform, region_interior,
-                         truth, write_point_cloud, write_raster, write_scene)
+from tiny_scenes import (POINT_CLOUD_FILE, REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value,
+                         reference_transform, region_interior, truth, write_point_cloud, write_raster, write_scene)
 
 from components.scenes import SceneError, load_scene, scene_dirs
 from foundation.config import LIDAR_CHANNEL_CHOICES, Config
+from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file, span_folder
 
 CONFIG = Config()
 ALL_CHANNELS = Config().replace({"streams.lidar_channels": list(LIDAR_CHANNEL_CHOICES)})
 # Bare cells read the relief of the slope inside one cell: top ground point minus the cell's mean ground z
 # is 0.25 m x (0.10 + 0.05) = 0.0375 m. Everything else the synthetic cloud holds is exact to LAS's 1 mm.
 HEIGHT_TOLERANCE_M = 0.05
+LAS, LAZ = POINT_CLOUD_FILE["las"], POINT_CLOUD_FILE["laz"]
+NDSM, INTENSITY = lidar_raster_file("height"), lidar_raster_file("intensity")
 
 
 def channel(rasters, config, name):
@@ -24,12 +27,12 @@ def channel(rasters, config, name):
 
 
 def test_scene_dirs_are_the_sorted_unique_folders_of_matched_files(tmp_path):
-    span = tmp_path / "span-0001"
-    matched = [span / "b" / "multispectral.tif", span / "a" / "lidar.laz", span / "a" / "labels.tif",
-               str(span / "b" / "labels.tif")]
+    span = tmp_path / span_folder(1)
+    matched = [span / "b" / MULTISPECTRAL_FILE, span / "a" / LAZ, span / "a" / LABELS_FILE,
+               str(span / "b" / LABELS_FILE)]
     assert scene_dirs(matched) == [str(span / "a"), str(span / "b")]
-    uris = ["gs://bucket/data/span-0002/b/labels.tif", "gs://bucket/data/span-0002/a/lidar.laz"]
-    assert scene_dirs(uris) == ["gs://bucket/data/span-0002/a", "gs://bucket/data/span-0002/b"]
+    bucket = f"gs://bucket/data/{span_folder(2)}"
+    assert scene_dirs([f"{bucket}/b/{LABELS_FILE}", f"{bucket}/a/{LAZ}"]) == [f"{bucket}/a", f"{bucket}/b"]
 
 
 def _upload(scene_dir, uri):
@@ -42,24 +45,24 @@ def _upload(scene_dir, uri):
 
 def test_a_scene_on_a_bucket_reads_like_a_local_one(tmp_path):
     local = write_scene(tmp_path, config=ALL_CHANNELS)
-    uri = _upload(local, "ram://bucket/span-0001/scene-001")
+    uri = _upload(local, f"ram://bucket/{span_folder(1)}/scene-001")
     remote = load_scene(uri, ALL_CHANNELS)
     expected = load_scene(local, ALL_CHANNELS)
     assert remote.scene_id == expected.scene_id == "scene-001"
     np.testing.assert_array_equal(remote.multispectral, expected.multispectral)
     np.testing.assert_array_equal(remote.lidar, expected.lidar)
     np.testing.assert_array_equal(remote.labels, expected.labels)
-    assert remote.files == {"multispectral": f"{uri}/multispectral.tif", "lidar": f"{uri}/lidar.las",
-                            "labels": f"{uri}/labels.tif"}
+    assert remote.files == {"multispectral": f"{uri}/{MULTISPECTRAL_FILE}", "lidar": f"{uri}/{LAS}",
+                            "labels": f"{uri}/{LABELS_FILE}"}
 
 
 def test_a_bad_scene_on_a_bucket_names_the_remote_file(tmp_path):
     local = write_scene(tmp_path, "scene-bad")
-    (local / "labels.tif").write_bytes(b"not a raster\n" * 64)
-    uri = _upload(local, "ram://bucket/span-0001/scene-bad")
+    (local / LABELS_FILE).write_bytes(b"not a raster\n" * 64)
+    uri = _upload(local, f"ram://bucket/{span_folder(1)}/scene-bad")
     with pytest.raises(SceneError) as raised:
         load_scene(uri, CONFIG)
-    assert raised.value.path == f"{uri}/labels.tif" and "cannot read raster" in raised.value.problem
+    assert raised.value.path == f"{uri}/{LABELS_FILE}" and "cannot read raster" in raised.value.problem
 
 
 def test_streams_on_the_reference_grid(tmp_path):
@@ -117,7 +120,7 @@ def test_intensity_is_the_mean_of_a_cells_points_and_empty_cells_are_filled(tmp_
     y = np.concatenate([5_000_040 - rows[keep], [5_000_029.9, 5_000_029.5, 5_000_029.1]])
     z = ground_z(x, y) + np.concatenate([np.zeros(keep.sum()), [1.0, 3.0, 2.0]])  # the top point at the centre
     write_point_cloud(
-        scene_dir / "lidar.las", x, y, z,
+        scene_dir / LAS, x, y, z,
         classification=np.concatenate([np.full(keep.sum(), 2), [1, 1, 1]]),
         intensity=np.concatenate([np.full(keep.sum(), 100), [10, 20, 60]]),
         number_of_returns=np.concatenate([np.ones(keep.sum()), [2, 2, 1]]),
@@ -192,10 +195,10 @@ def test_nodata_in_prerasterised_lidar_is_filled_within_the_gap_and_counted(tmp_
 
 def test_non_finite_values_in_prerasterised_lidar_are_invalid(tmp_path):
     scene_dir = write_scene(tmp_path, lidar="rasters")
-    with rasterio.open(scene_dir / "lidar_intensity.tif") as src:
+    with rasterio.open(scene_dir / INTENSITY) as src:
         intensity = src.read(1)
     intensity[30:36, 2:8] = np.nan  # not the declared nodata: NaN all the same
-    write_raster(scene_dir / "lidar_intensity.tif", intensity, REFERENCE_CRS, reference_transform(), nodata=-9999.0)
+    write_raster(scene_dir / INTENSITY, intensity, REFERENCE_CRS, reference_transform(), nodata=-9999.0)
     rasters = load_scene(scene_dir, CONFIG)
     expected_valid = np.ones((SIZE, SIZE), bool)
     expected_valid[31:35, 3:7] = False  # the cells more than 1.5 m inside the NaN block
@@ -204,7 +207,7 @@ def test_non_finite_values_in_prerasterised_lidar_are_invalid(tmp_path):
 
 
 def _multispectral(scene_dir):
-    with rasterio.open(scene_dir / "multispectral.tif") as src:
+    with rasterio.open(scene_dir / MULTISPECTRAL_FILE) as src:
         return src.read()
 
 
@@ -213,7 +216,7 @@ def test_nan_in_float_multispectral_is_invalid(tmp_path):
     bands = _multispectral(scene_dir)
     bands[2, 5:9, 10:20] = np.nan  # one band is enough
     bands[0, 30, 30] = np.inf
-    write_raster(scene_dir / "multispectral.tif", bands, REFERENCE_CRS, reference_transform())
+    write_raster(scene_dir / MULTISPECTRAL_FILE, bands, REFERENCE_CRS, reference_transform())
     rasters = load_scene(scene_dir, CONFIG)
 
     expected_valid = np.ones((SIZE, SIZE), bool)
@@ -229,7 +232,7 @@ def test_declared_nodata_and_internal_mask_of_uint16_multispectral_are_invalid(t
     bands = _multispectral(scene_dir)
     bands[:, :, :3] = 0  # a fill border on the west edge
     bands[1, 20, 20] = 0  # one band's nodata invalidates the pixel
-    write_raster(scene_dir / "multispectral.tif", bands, REFERENCE_CRS, reference_transform(), nodata=0)
+    write_raster(scene_dir / MULTISPECTRAL_FILE, bands, REFERENCE_CRS, reference_transform(), nodata=0)
     expected_valid = np.ones((SIZE, SIZE), bool)
     expected_valid[:, :3] = False
     expected_valid[20, 20] = False
@@ -238,7 +241,7 @@ def test_declared_nodata_and_internal_mask_of_uint16_multispectral_are_invalid(t
     masked = write_scene(tmp_path / "masked")
     mask = np.full((SIZE, SIZE), 255, np.uint8)
     mask[35:, 35:] = 0
-    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked / "multispectral.tif", "r+") as dst:
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(masked / MULTISPECTRAL_FILE, "r+") as dst:
         dst.write_mask(mask)
     np.testing.assert_array_equal(load_scene(masked, CONFIG).multispectral_valid, mask > 0)
 
@@ -247,7 +250,7 @@ def test_labels_nodata_and_pixels_outside_the_labels_raster_are_unlabelled(tmp_p
     scene_dir = write_scene(tmp_path)
     labels = truth("label").astype(np.uint8)[:30]  # the labels raster stops 10 rows short of the scene
     labels[:5, :5] = 255
-    write_raster(scene_dir / "labels.tif", labels, REFERENCE_CRS, reference_transform(), nodata=255)
+    write_raster(scene_dir / LABELS_FILE, labels, REFERENCE_CRS, reference_transform(), nodata=255)
     rasters = load_scene(scene_dir, CONFIG)
 
     expected_valid = np.ones((SIZE, SIZE), bool)
@@ -261,7 +264,7 @@ def test_labels_nodata_and_pixels_outside_the_labels_raster_are_unlabelled(tmp_p
 def test_point_cloud_without_crs_is_taken_on_the_reference_crs(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="components.scenes"):
         rasters = load_scene(write_scene(tmp_path, lidar_crs=None), CONFIG)
-    assert "lidar.las has no CRS" in caplog.text
+    assert f"{LAS} has no CRS" in caplog.text
     np.testing.assert_allclose(channel(rasters, CONFIG, "height"), truth("height"), atol=HEIGHT_TOLERANCE_M)
 
 
@@ -271,7 +274,7 @@ def _unknown_labels(tmp_path):
     too_high, too_low = max(CONFIG.class_ids) + 1, min(CONFIG.class_ids) - 1
     labels[0:2, 0:3] = too_high
     labels[30, 0:3] = too_low
-    write_raster(scene_dir / "labels.tif", labels, REFERENCE_CRS, reference_transform())
+    write_raster(scene_dir / LABELS_FILE, labels, REFERENCE_CRS, reference_transform())
     return scene_dir, f"{too_low} (3 px), {too_high} (6 px)"
 
 
@@ -295,29 +298,28 @@ def _scene(**kwargs):
     return lambda tmp_path: write_scene(tmp_path, "scene-bad", **kwargs)
 
 
+NOT_OVERLAPPING = f"does not overlap {MULTISPECTRAL_FILE}"
 BAD_SCENES = {
-    "missing multispectral": (_remove("multispectral.tif"), "multispectral.tif", "missing file"),
-    "missing labels": (_remove("labels.tif"), "labels.tif", "missing file"),
-    "missing lidar": (_scene(lidar="none"), "lidar.las", "no point cloud (lidar.las or lidar.laz)"),
-    "missing lidar channel raster": (_remove("lidar_intensity.tif", lidar="rasters"), "lidar_intensity.tif",
-                                     "missing file"),
-    "garbage multispectral": (_garbage("multispectral.tif"), "multispectral.tif", "cannot read raster"),
-    "garbage labels": (_garbage("labels.tif"), "labels.tif", "cannot read raster"),
-    "garbage point cloud": (_garbage("lidar.laz", lidar="laz"), "lidar.laz", "cannot read point cloud"),
-    "band count": (_scene(band_count=4), "multispectral.tif",
+    "missing multispectral": (_remove(MULTISPECTRAL_FILE), MULTISPECTRAL_FILE, "missing file"),
+    "missing labels": (_remove(LABELS_FILE), LABELS_FILE, "missing file"),
+    "missing lidar": (_scene(lidar="none"), POINT_CLOUD_FILES[0], f"no point cloud ({' or '.join(POINT_CLOUD_FILES)})"),
+    "missing lidar channel raster": (_remove(INTENSITY, lidar="rasters"), INTENSITY, "missing file"),
+    "garbage multispectral": (_garbage(MULTISPECTRAL_FILE), MULTISPECTRAL_FILE, "cannot read raster"),
+    "garbage labels": (_garbage(LABELS_FILE), LABELS_FILE, "cannot read raster"),
+    "garbage point cloud": (_garbage(LAZ, lidar="laz"), LAZ, "cannot read point cloud"),
+    "band count": (_scene(band_count=4), MULTISPECTRAL_FILE,
                    f"4 bands, but config.streams.multispectral_bands has {len(CONFIG.streams.multispectral_bands)}"),
-    "labels elsewhere": (_scene(labels_grid=Grid(shift=(10_000.0, 0.0))), "labels.tif",
-                         "does not overlap multispectral.tif"),
-    "point cloud elsewhere": (_scene(lidar_shift=(0.0, -10_000.0)), "lidar.las", "does not overlap multispectral.tif"),
-    "lidar rasters elsewhere": (_scene(lidar="rasters", lidar_grid=Grid("EPSG:3035", 2.0, (5_000.0, 0.0))),
-                                "lidar_ndsm.tif", "does not overlap multispectral.tif"),
-    "no ground points": (_scene(ground=False), "lidar.las", "no ground points (classification 2)"),
-    "unknown label ids": (_unknown_labels, "labels.tif", "label ids not in the class table"),
-    "geographic multispectral": (_scene(multispectral_crs="EPSG:4326"), "multispectral.tif",
+    "labels elsewhere": (_scene(labels_grid=Grid(shift=(10_000.0, 0.0))), LABELS_FILE, NOT_OVERLAPPING),
+    "point cloud elsewhere": (_scene(lidar_shift=(0.0, -10_000.0)), LAS, NOT_OVERLAPPING),
+    "lidar rasters elsewhere": (_scene(lidar="rasters", lidar_grid=Grid("EPSG:3035", 2.0, (5_000.0, 0.0))), NDSM,
+                                NOT_OVERLAPPING),
+    "no ground points": (_scene(ground=False), LAS, "no ground points (classification 2)"),
+    "unknown label ids": (_unknown_labels, LABELS_FILE, "label ids not in the class table"),
+    "geographic multispectral": (_scene(multispectral_crs="EPSG:4326"), MULTISPECTRAL_FILE,
                                  "geographic (unprojected) CRS EPSG:4326"),
-    "geographic labels": (_scene(labels_grid=Grid("EPSG:4326", 1e-5)), "labels.tif",
+    "geographic labels": (_scene(labels_grid=Grid("EPSG:4326", 1e-5)), LABELS_FILE,
                           "geographic (unprojected) CRS EPSG:4326"),
-    "geographic point cloud": (_scene(lidar_crs="EPSG:4326"), "lidar.las", "geographic (unprojected) CRS EPSG:4326"),
+    "geographic point cloud": (_scene(lidar_crs="EPSG:4326"), LAS, "geographic (unprojected) CRS EPSG:4326"),
 }
 
 
@@ -335,7 +337,8 @@ def test_bad_scene_names_scene_file_and_problem(tmp_path, make, file_name, probl
 
 
 def test_scene_error_survives_pickling():
-    err = SceneError("scene-003", "/data/span-0001/scene-003/lidar.laz", "no ground points (classification 2)")
+    path = f"/data/{span_folder(1)}/scene-003/{LAZ}"
+    err = SceneError("scene-003", path, "no ground points (classification 2)")
     copy = pickle.loads(pickle.dumps(err))
     assert (copy.scene, copy.path, copy.problem) == (err.scene, err.path, err.problem)
-    assert str(copy) == "scene scene-003: /data/span-0001/scene-003/lidar.laz: no ground points (classification 2)"
+    assert str(copy) == f"scene scene-003: {path}: no ground points (classification 2)"

@@ -13,11 +13,13 @@ from scipy import ndimage
 
 from components.scenes import load_scene
 from foundation.config import Config, StreamsConfig, TerrainClass
+from foundation.scene_folder import LABELS_FILE, LAZ_FILE, MULTISPECTRAL_FILE, lidar_raster_file, span_folder
 from synth import generate_sample
 from synth.scenes import MIXED_LABELS_CRS, MIXED_LIDAR_CRS, REFERENCE_CRS, SIGNATURES, SPECTRUM_BANDS, STREAM_FILES
 
 CONFIG = Config()
 IDS = {c.name: c.id for c in CONFIG.classes}
+SPAN = span_folder(1)
 
 
 @pytest.fixture(scope="module")
@@ -30,9 +32,9 @@ def default_sample(tmp_path_factory):
 
 
 def _read_scene(scene_dir):
-    with rasterio.open(scene_dir / "multispectral.tif") as ds:
+    with rasterio.open(scene_dir / MULTISPECTRAL_FILE) as ds:
         multispectral, transform = ds.read(), ds.transform
-    with rasterio.open(scene_dir / "labels.tif") as ds:
+    with rasterio.open(scene_dir / LABELS_FILE) as ds:
         labels = ds.read(1)
     return multispectral, labels, transform
 
@@ -71,7 +73,7 @@ def _hashes(scene_dirs):
     digests = []
     for scene_dir in scene_dirs:
         multispectral, labels, _ = _read_scene(scene_dir)
-        las = laspy.read(scene_dir / "lidar.laz")
+        las = laspy.read(scene_dir / LAZ_FILE)
         arrays = [multispectral, labels, las.X, las.Y, las.Z, las.intensity, las.classification,
                   las.return_number, las.number_of_returns]
         digests.append(hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in arrays)).hexdigest())
@@ -87,17 +89,18 @@ def test_signature_table_covers_the_default_classes_and_bands():
 def test_default_sample_is_fast_and_follows_the_input_contract(default_sample):
     root, scene_dirs, seconds = default_sample
     assert seconds < 10
-    assert sorted(p.name for p in root.iterdir()) == ["manifest.json", "span-0001"]
-    assert [p.name for p in sorted((root / "span-0001").iterdir())] == [f"scene-{i:03d}" for i in range(4)]
-    assert scene_dirs == sorted((root / "span-0001").iterdir())
+    assert sorted(p.name for p in root.iterdir()) == ["manifest.json", SPAN]
+    assert [p.name for p in sorted((root / SPAN).iterdir())] == [f"scene-{i:03d}" for i in range(4)]
+    assert scene_dirs == sorted((root / SPAN).iterdir())
     for scene_dir in scene_dirs:
-        assert sorted(p.name for p in scene_dir.iterdir()) == ["labels.tif", "lidar.laz", "multispectral.tif"]
+        assert sorted(p.name for p in scene_dir.iterdir()) == sorted([MULTISPECTRAL_FILE, LABELS_FILE,
+                                                                      LAZ_FILE])
 
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["size"] == 160
     for scene_dir in scene_dirs:
         _, labels, _ = _read_scene(scene_dir)
-        recorded = manifest["spans"]["span-0001"]["scenes"][scene_dir.name]["class_counts"]
+        recorded = manifest["spans"][SPAN]["scenes"][scene_dir.name]["class_counts"]
         assert recorded == {name: int((labels == IDS[name]).sum()) for name in CONFIG.class_names}
 
 
@@ -105,7 +108,7 @@ def test_multispectral_is_projected_uint16_reflectance_in_config_band_order(defa
     _, scene_dirs, _ = default_sample
     origins = set()
     for scene_dir in scene_dirs:
-        with rasterio.open(scene_dir / "multispectral.tif") as ds:
+        with rasterio.open(scene_dir / MULTISPECTRAL_FILE) as ds:
             assert ds.count == len(CONFIG.streams.multispectral_bands)
             assert ds.descriptions == CONFIG.streams.multispectral_bands
             assert ds.dtypes == ("uint16",) * ds.count
@@ -113,7 +116,7 @@ def test_multispectral_is_projected_uint16_reflectance_in_config_band_order(defa
             assert ds.res == (1.0, 1.0)
             origins.add((ds.transform.c, ds.transform.f))
             data = ds.read()
-        with rasterio.open(scene_dir / "labels.tif") as ds:
+        with rasterio.open(scene_dir / LABELS_FILE) as ds:
             labels = ds.read(1)
         nir = data[CONFIG.streams.multispectral_bands.index("nir")]
         assert np.median(nir[labels == IDS["grass"]]) > 2500  # healthy vegetation: NIR plateau ~0.35
@@ -127,7 +130,7 @@ def test_lidar_is_las14_with_ground_multiple_returns_and_absolute_heights(defaul
     for scene_dir in scene_dirs:
         multispectral, labels, transform = _read_scene(scene_dir)
         size = labels.shape[0]
-        las = laspy.read(scene_dir / "lidar.laz")
+        las = laspy.read(scene_dir / LAZ_FILE)
         assert str(las.header.version) == "1.4" and las.header.point_format.id == 6
         assert np.allclose(las.header.scales, 0.01)
         assert las.header.parse_crs().equals(pyproj.CRS.from_user_input(REFERENCE_CRS))
@@ -201,7 +204,7 @@ def test_height_separates_what_spectra_cannot(default_sample):
     all_ms, all_heights = [], []
     for scene_dir in scene_dirs:
         multispectral, labels, transform = _read_scene(scene_dir)
-        ndsm = _normalised_height(laspy.read(scene_dir / "lidar.laz"), transform, labels.shape[0])
+        ndsm = _normalised_height(laspy.read(scene_dir / LAZ_FILE), transform, labels.shape[0])
         for name in CONFIG.class_names:
             spectra[name].append(multispectral[:, labels == IDS[name]].T.astype(float))
             heights[name].append(ndsm[labels == IDS[name]])
@@ -235,14 +238,14 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
     again = generate_sample(tmp_path / "b", scenes_per_span=2, size=48, seed=7)
     other = generate_sample(tmp_path / "c", scenes_per_span=2, size=48, seed=8)
     assert _hashes(first) == _hashes(again)
-    assert (first[0] / "lidar.laz").read_bytes() == (again[0] / "lidar.laz").read_bytes()
+    assert (first[0] / LAZ_FILE).read_bytes() == (again[0] / LAZ_FILE).read_bytes()
     assert not set(_hashes(first)) & set(_hashes(other))
 
 
 def test_shifted_span_trips_drift_and_the_others_do_not(tmp_path):
     generate_sample(tmp_path, spans=3, scenes_per_span=2, size=96, shifted_span=3)
     manifest = json.loads((tmp_path / "manifest.json").read_text())
-    first, second, shifted = (_label_proportions(manifest, f"span-{i:04d}") for i in (1, 2, 3))
+    first, second, shifted = (_label_proportions(manifest, span_folder(i)) for i in (1, 2, 3))
     assert np.abs(first - second).max() < CONFIG.validation.span_drift_linf_max
     assert np.abs(first - shifted).max() > 0.15
     water, soil, grass = (CONFIG.class_names.index(n) for n in ("water", "bare_soil", "grass"))
@@ -251,7 +254,7 @@ def test_shifted_span_trips_drift_and_the_others_do_not(tmp_path):
 
 def test_mixed_grids_put_labels_and_lidar_in_other_crs(tmp_path):
     (scene_dir,) = generate_sample(tmp_path, scenes_per_span=1, size=48, grids="mixed")
-    with rasterio.open(scene_dir / "multispectral.tif") as ms, rasterio.open(scene_dir / "labels.tif") as lab:
+    with rasterio.open(scene_dir / MULTISPECTRAL_FILE) as ms, rasterio.open(scene_dir / LABELS_FILE) as lab:
         assert lab.crs.is_projected and lab.crs != ms.crs and lab.crs.to_epsg() == 32634
         assert lab.res == (2.0, 2.0)
         west, south, east, north = transform_bounds(lab.crs, ms.crs, *lab.bounds)
@@ -259,7 +262,7 @@ def test_mixed_grids_put_labels_and_lidar_in_other_crs(tmp_path):
         assert east >= ms.bounds.right and north >= ms.bounds.top
         assert set(np.unique(lab.read(1))) == {0, *CONFIG.class_ids}
         ms_bounds, ms_crs = ms.bounds, ms.crs
-    las = laspy.read(scene_dir / "lidar.laz")
+    las = laspy.read(scene_dir / LAZ_FILE)
     lidar_crs = las.header.parse_crs()
     assert lidar_crs.is_projected and lidar_crs.equals(pyproj.CRS.from_user_input(MIXED_LIDAR_CRS))
     assert not lidar_crs.equals(pyproj.CRS.from_user_input(MIXED_LABELS_CRS))
@@ -273,18 +276,18 @@ def test_mixed_grids_put_labels_and_lidar_in_other_crs(tmp_path):
 def test_prerasterized_lidar_replaces_the_point_cloud(tmp_path):
     generate_sample(tmp_path, scenes_per_span=1, size=48)
     (scene_dir,) = generate_sample(tmp_path, scenes_per_span=1, size=48, grids="prerasterized")
-    assert sorted(p.name for p in scene_dir.iterdir()) == sorted(
-        ["multispectral.tif", "labels.tif", "lidar_ndsm.tif", "lidar_intensity.tif"])
+    rasters = [lidar_raster_file("height"), lidar_raster_file("intensity")]
+    assert sorted(p.name for p in scene_dir.iterdir()) == sorted([MULTISPECTRAL_FILE, LABELS_FILE, *rasters])
     assert set(p.name for p in scene_dir.iterdir()) <= set(STREAM_FILES)
-    with rasterio.open(scene_dir / "multispectral.tif") as ms:
+    with rasterio.open(scene_dir / MULTISPECTRAL_FILE) as ms:
         ms_transform = ms.transform
-    for name in ("lidar_ndsm.tif", "lidar_intensity.tif"):
+    for name in rasters:
         with rasterio.open(scene_dir / name) as ds:
             assert ds.dtypes == ("float32",) and ds.crs.is_projected and ds.nodata is not None
             assert ds.res == (2.0, 2.0) and ds.transform != ms_transform
             values = ds.read(1, masked=True)
             assert values.count() > 0.7 * values.size and values.min() >= 0
-    with rasterio.open(scene_dir / "lidar_ndsm.tif") as ds:
+    with rasterio.open(scene_dir / lidar_raster_file("height")) as ds:
         assert 8 < ds.read(1, masked=True).max() < 30  # canopy tops in metres
 
 
@@ -292,7 +295,7 @@ def test_band_order_and_unknown_classes_follow_config(tmp_path):
     reversed_bands = tuple(reversed(CONFIG.streams.multispectral_bands))
     config = Config(streams=StreamsConfig(multispectral_bands=reversed_bands))
     (scene_dir,) = generate_sample(tmp_path / "reversed", config=config, scenes_per_span=1, size=48)
-    with rasterio.open(scene_dir / "multispectral.tif") as ds:
+    with rasterio.open(scene_dir / MULTISPECTRAL_FILE) as ds:
         assert ds.descriptions == reversed_bands
     data, labels, _ = _read_scene(scene_dir)
     grass = labels == IDS["grass"]

@@ -20,13 +20,15 @@ from rasterio.warp import transform_bounds
 from scipy.ndimage import maximum_filter, minimum_filter
 
 from foundation.config import DEFAULT_CLASSES, Config
-from foundation.scene_folder import lidar_raster_file
+from foundation.scene_folder import LABELS_FILE, LAS_FILE, LAZ_FILE, MULTISPECTRAL_FILE, lidar_raster_file, span_folder
 
 REFERENCE_CRS = "EPSG:32633"
 WEST, NORTH = 500_000.0, 5_000_040.0
 SIZE = 40
 PIXEL = 1.0
 LIDAR_NODATA = -9999.0
+# The point-cloud file of each format write_scene writes: {"las": ..., "laz": ...}.
+POINT_CLOUD_FILE = {"las": LAS_FILE, "laz": LAZ_FILE}
 
 
 def class_id(name: str) -> int:
@@ -195,7 +197,7 @@ def write_scene(root: Path, scene_id: str = "scene-001", *, config: Config | Non
                 float_reflectance: bool = False, labels_grid: Grid | None = None, lidar: str = "las",
                 lidar_crs: str | None = REFERENCE_CRS, lidar_shift: tuple[float, float] = (0.0, 0.0),
                 lidar_grid: Grid | None = None, holes=(), no_ground=(), ground: bool = True) -> Path:
-    """Writes root/span-0001/<scene_id>/ and returns that folder.
+    """Writes <scene_id>/ in root's first span folder and returns that folder.
 
     lidar: "las" or "laz" (a point cloud on `lidar_crs`, None = no CRS in the file, moved by `lidar_shift`
     metres), "rasters" (lidar_<channel>.tif on `lidar_grid` for every configured channel) or "none".
@@ -203,23 +205,23 @@ def write_scene(root: Path, scene_id: str = "scene-001", *, config: Config | Non
     no_ground: rectangles of the point cloud without ground points; ground=False classifies no point as ground.
     """
     config = config or Config()
-    scene_dir = Path(root) / "span-0001" / scene_id
+    scene_dir = Path(root) / span_folder(1) / scene_id
     scene_dir.mkdir(parents=True)
     band_count = band_count or len(config.streams.multispectral_bands)
     bands = np.stack([multispectral_value(b, truth("label")) for b in range(band_count)])
     if float_reflectance:
         bands = (bands / config.streams.float_reflectance_scale).astype(np.float32)
-    write_raster(scene_dir / "multispectral.tif", bands, multispectral_crs, reference_transform())
+    write_raster(scene_dir / MULTISPECTRAL_FILE, bands, multispectral_crs, reference_transform())
 
     crs, transform, index = _grid_regions(labels_grid)
-    write_raster(scene_dir / "labels.tif", _truth_at(index, "label", 0).astype(np.uint8), crs, transform)
+    write_raster(scene_dir / LABELS_FILE, _truth_at(index, "label", 0).astype(np.uint8), crs, transform)
 
     if lidar in ("las", "laz"):
         points = scene_points(holes, no_ground, ground)
         x, y = points.pop("x") + lidar_shift[0], points.pop("y") + lidar_shift[1]
         if lidar_crs not in (None, REFERENCE_CRS):
             x, y = pyproj.Transformer.from_crs(REFERENCE_CRS, lidar_crs, always_xy=True).transform(x, y)
-        write_point_cloud(scene_dir / f"lidar.{lidar}", x, y, crs=lidar_crs, **points)
+        write_point_cloud(scene_dir / POINT_CLOUD_FILE[lidar], x, y, crs=lidar_crs, **points)
     elif lidar == "rasters":
         crs, transform, index = _grid_regions(lidar_grid)
         for channel in config.streams.lidar_channels:

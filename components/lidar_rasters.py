@@ -1,0 +1,185 @@
+"""A LiDAR point cloud as rasters on a grid: a cell per pixel, every channel the config may ask for.
+
+Height is the top of a cell's points above a ground surface interpolated from ground points (so a sloped
+terrain reads 0 on bare ground), intensity the mean of its points, return_ratio the share of its points from
+pulses with several returns, density its points per square metre. Reading the file and bringing its points
+onto the grid's CRS is components.scenes' part; problems raise PointCloudError, which it names the file for.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.transform import array_bounds
+from scipy.interpolate import griddata
+from scipy.ndimage import binary_dilation, distance_transform_edt
+from scipy.spatial import QhullError
+
+from foundation.scene_folder import MULTISPECTRAL_FILE
+
+GROUND_CLASS = 2
+# ASPRS low and high noise: a bird or a multipath echo must not become the top of a cell.
+NOISE_CLASSES = (7, 18)
+# Ground cells this close to a cell without ground points span the triangles that interpolate it.
+_GAP_RIM_CELLS = 2
+# Rounds of closing ground gaps between opposite neighbours; what is left goes to the triangulation.
+_NEIGHBOUR_FILL_ROUNDS = 4
+
+
+class PointCloudError(ValueError):
+    """A point cloud that gives no rasters on the grid; the message says why, without the file's name."""
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The reference grid (the multispectral raster's) that every stream of a scene is put on."""
+
+    crs: CRS
+    transform: Affine
+    height: int
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.height, self.width
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return array_bounds(self.height, self.width, self.transform)
+
+    @property
+    def pixel_size_m(self) -> tuple[float, float]:
+        """(row, column) spacing in metres: fill radii and densities are metric even on a CRS in feet."""
+        t = self.transform
+        metres = self.crs.linear_units_factor[1]
+        return float(np.hypot(t.b, t.e)) * metres, float(np.hypot(t.a, t.d)) * metres
+
+    def not_covered(self, what: str, bounds: tuple[float, ...]) -> str:
+        """The problem of a stream (`what` and its bounds on this grid's CRS) that misses the grid."""
+        return (f"does not overlap {MULTISPECTRAL_FILE}: {what} {_format_bounds(bounds)} vs "
+                f"{_format_bounds(self.bounds)} in {self.crs.to_string()}")
+
+
+def _format_bounds(bounds: tuple[float, ...]) -> str:
+    return "(" + ", ".join(f"{value:.1f}" for value in bounds) + ")"
+
+
+@dataclass(frozen=True)
+class Points:
+    """A point cloud's returns, x and y on the grid's CRS."""
+
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    classification: np.ndarray  # ASPRS classes
+    intensity: np.ndarray
+    number_of_returns: np.ndarray  # of each point's pulse
+
+
+def rasterise_point_cloud(points: Points, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per channel, (values, cell has points) on the grid; cells without points are left to the caller to
+    fill or mask. Raises PointCloudError if no point is ground, or none (or no ground point) falls on it."""
+    x, y, z, classification = points.x, points.y, points.z, points.classification
+    if not (classification == GROUND_CLASS).any():
+        raise PointCloudError(f"no ground points (classification {GROUND_CLASS})")
+
+    inverse = ~grid.transform
+    cols = np.floor(inverse.a * x + inverse.b * y + inverse.c).astype(np.int64)
+    rows = np.floor(inverse.d * x + inverse.e * y + inverse.f).astype(np.int64)
+    on_grid = (rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
+    keep = on_grid & ~np.isin(classification, NOISE_CLASSES)
+    if not keep.any():
+        point_bounds = (x.min(), y.min(), x.max(), y.max()) if x.size else (np.nan,) * 4
+        raise PointCloudError(grid.not_covered("points", point_bounds))
+    cell = rows[keep] * grid.width + cols[keep]
+    z = z[keep]
+    ground = classification[keep] == GROUND_CLASS
+    if not ground.any():
+        raise PointCloudError(f"no ground points (classification {GROUND_CLASS}) on the {MULTISPECTRAL_FILE} grid")
+
+    n_cells = grid.height * grid.width
+    count = np.bincount(cell, minlength=n_cells)
+    has_points = (count > 0).reshape(grid.shape)
+    count_or_one = np.maximum(count, 1)  # empty cells divide 0 by 1, then get filled or masked
+    top = np.full(n_cells, -np.inf)
+    np.maximum.at(top, cell, z)
+    ground_surface = _ground_surface(cell[ground], z[ground], grid)
+    height = np.maximum(top.reshape(grid.shape) - ground_surface, 0.0)
+    intensity = np.bincount(cell, weights=points.intensity[keep], minlength=n_cells) / count_or_one
+    multiple = np.bincount(cell, weights=points.number_of_returns[keep] > 1, minlength=n_cells)
+    row_spacing, col_spacing = grid.pixel_size_m
+    no_gaps = np.ones(grid.shape, bool)  # an empty cell's density of 0 is a measurement, not a gap
+    return {
+        "height": (height, has_points),
+        "intensity": (intensity.reshape(grid.shape), has_points),
+        "return_ratio": ((multiple / count_or_one).reshape(grid.shape), has_points),
+        "density": ((count / (row_spacing * col_spacing)).reshape(grid.shape), no_gaps),
+    }
+
+
+def _ground_surface(cell: np.ndarray, z: np.ndarray, grid: Grid) -> np.ndarray:
+    """Terrain height at every cell centre from ground points.
+
+    Cells with ground points take their mean ground z (class 2 is already the classifier's ground, and on a
+    slope the minimum would sit up to half a cell's rise too low). Cells without are interpolated linearly,
+    those outside the ground cells' hull take the nearest cell's value.
+    """
+    n_cells = grid.height * grid.width
+    ground_count = np.bincount(cell, minlength=n_cells)
+    known = ground_count > 0
+    surface = np.full(n_cells, np.nan)
+    surface[known] = np.bincount(cell, weights=z, minlength=n_cells)[known] / ground_count[known]
+    surface = _triangulate_gaps(_fill_between_neighbours(surface.reshape(grid.shape)))
+    gaps = np.isnan(surface)
+    if gaps.any():
+        rows, cols = distance_transform_edt(gaps, return_distances=False, return_indices=True)
+        surface = surface[rows, cols]
+    return surface
+
+
+def _fill_between_neighbours(surface: np.ndarray) -> np.ndarray:
+    """Fills gaps that lie between two known cells (vertically, horizontally or diagonally) with the mean
+    of such pairs, a few rounds so small clusters close from the outside in.
+
+    This is linear interpolation along the grid's lines and exact on a plane. Ground points leave many
+    scattered empty cells (under canopy, on dark surfaces); closing those here keeps them out of the
+    Delaunay triangulation, which costs about 10 s per million cells.
+    """
+    height, width = surface.shape
+    padded = np.full((height + 2, width + 2), np.nan)
+    for _ in range(_NEIGHBOUR_FILL_ROUNDS):
+        gaps = np.isnan(surface)
+        if not gaps.any():
+            break
+        padded[1:-1, 1:-1] = surface
+        total = np.zeros(surface.shape)
+        pairs = np.zeros(surface.shape, np.int8)
+        for dr, dc in ((1, 0), (0, 1), (1, 1), (1, -1)):
+            pair = (padded[1 + dr:height + 1 + dr, 1 + dc:width + 1 + dc]
+                    + padded[1 - dr:height + 1 - dr, 1 - dc:width + 1 - dc])
+            found = np.isfinite(pair)
+            total[found] += pair[found] / 2
+            pairs += found
+        fill = gaps & (pairs > 0)
+        if not fill.any():
+            break
+        surface = np.where(fill, total / np.maximum(pairs, 1), surface)
+    return surface
+
+
+def _triangulate_gaps(surface: np.ndarray) -> np.ndarray:
+    """Linear (Delaunay) interpolation of the remaining gaps from the known cells around them: cells far
+    from any gap never shape the triangles that cover one, so they stay out of the triangulation."""
+    gaps = np.isnan(surface)
+    rim = binary_dilation(gaps, iterations=_GAP_RIM_CELLS) & ~gaps
+    if not gaps.any() or np.count_nonzero(rim) < 3:
+        return surface
+    try:
+        interpolated = griddata(np.nonzero(rim), surface[rim], np.nonzero(gaps), method="linear")
+    except QhullError:  # rim cells on one line: no triangles, the nearest-cell fill covers these gaps
+        return surface
+    surface = surface.copy()
+    surface[gaps] = interpolated
+    return surface
