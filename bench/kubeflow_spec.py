@@ -2,7 +2,7 @@
 
 On the Kubeflow slow test's data (2 spans x 3 scenes of 96 px, `ingest.block_size: 16`, `model.epochs: 3`):
 imports and compile of `terrafuse kubeflow compile`, the spec's size and tasks, then the spec executed task by
-task with bench/kfp_launcher.py (a first run, then a rerun without a new span), and `run_local` on the same data
+task with tests/kfp_launcher.py (a first run, then a rerun without a new span), and `run_local` on the same data
 and config in a fresh process. Prints JSON (and writes it to --json); docs/benchmarks.md records the numbers.
 """
 from __future__ import annotations
@@ -19,9 +19,9 @@ from foundation.environment import prepare_tensorflow
 
 prepare_tensorflow()  # `python -m bench.kubeflow_spec` is an entry point: the switch goes before TensorFlow loads
 
-from bench.kfp_launcher import Launcher
 from foundation.config import Config
 from synth.scenes import generate_sample
+from tests.kfp_launcher import Launcher
 
 
 def measure(work: Path) -> dict[str, Any]:
@@ -32,13 +32,14 @@ def measure(work: Path) -> dict[str, Any]:
     started = time.perf_counter()
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner  # noqa: F401  (imports timed apart)
 
-    from pipeline import kubeflow
     from pipeline.dag import create_pipeline  # noqa: F401
+    from pipeline.kfp_client import load_spec
+    from pipeline.kfp_compile import compile_pipeline
 
     imported = time.perf_counter()
-    spec_file = kubeflow.compile_pipeline(config, project_dir_in_image=str(kubeflow.PROJECT_DIR))
+    spec_file = compile_pipeline(config)
     compiled = time.perf_counter()
-    spec = kubeflow.load_spec(config)
+    spec = load_spec(config)
     executors = spec["deploymentSpec"]["executors"].values()
 
     launcher = Launcher(spec_file, config.run.pipeline_root)

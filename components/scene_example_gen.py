@@ -423,8 +423,9 @@ def resolve_newest_span(exec_properties: dict[str, Any]) -> dict[str, Any]:
     """The exec properties with `{SPAN}` resolved to the newest span, as TFX's ExampleGen driver does.
 
     LocalDagRunner and Vertex AI run that driver before the executor; the open-source Kubeflow Pipelines backend
-    does not (it skips the spec's pre-cache check), so the pattern arrives unresolved. Already resolved
-    properties come back unchanged.
+    does not (it skips the spec's pre-cache check), so the pattern arrives unresolved; the compiled spec runs this
+    step uncached so that it gets here on every run (`_ingest_every_run` in pipeline/kfp_compile.py). Already
+    resolved properties come back unchanged.
     """
     input_config = example_gen_pb2.Input()
     proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)

@@ -12,8 +12,9 @@ and `serving_dir`. `fn_args.eval_files` is the validation split: training runs `
 the Evaluator gates on. The test split is never seen here: it is the Evaluator's alone.
 
 No new data, no training: when the model serving now was trained on the same span and input fingerprint with
-the same training config, the Trainer copies it instead of fitting (open-source Kubeflow Pipelines re-runs
-ingestion every time, so its cache cannot skip the Trainer; LocalDagRunner's cache usually does first).
+the same training config, the Trainer copies it instead of fitting (the compiled Kubeflow spec re-runs ingestion
+every time, `_ingest_every_run` in pipeline/kfp_compile.py, so KFP's cache cannot skip the Trainer;
+LocalDagRunner's cache usually does first).
 
 The exported SavedModel has two signatures, both on serialized raw tf.Examples:
 - `serving_default` (examples without label or metadata) -> probabilities [N, K], class_index and

@@ -1,6 +1,7 @@
-"""`terrafuse`: run the pipeline, make sample scenes, write the curated schema, summarise a run.
+"""`terrafuse`: run the pipeline, make sample scenes, write the curated schema, summarise a run, and compile, run or
+schedule the pipeline on Kubeflow Pipelines.
 
-Heavy imports (TensorFlow, TFX) happen inside the commands that need them, so `terrafuse --help` is instant.
+Heavy imports (TensorFlow, TFX, kfp) happen inside the commands that need them, so `terrafuse --help` is instant.
 """
 from __future__ import annotations
 
@@ -8,16 +9,20 @@ import argparse
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
+from typing import Callable
 
 from foundation.config import Config, ConfigError, load_config
 from foundation.environment import prepare_tensorflow
-from pipeline.kubeflow import register_cli as register_kubeflow_cli
+from foundation.scene_folder import SPAN_PREFIX
+from pipeline import kfp_client, kfp_compile
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML or JSON file overriding the defaults (sections as in foundation/config.py)")
+    parser.add_argument("--config",
+                        help="YAML or JSON file overriding the defaults (sections as in foundation/config.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one setting, e.g. --set model.epochs=5 (repeatable)")
     parser.add_argument("--data-root", help="folder of span-NNNN/SCENE/ folders (run.data_root)")
@@ -34,7 +39,7 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def has_spans(data_root: str) -> bool:
-    return any(p.is_dir() and p.name.startswith("span-") for p in Path(data_root).glob("span-*"))
+    return any(p.is_dir() for p in Path(data_root).glob(f"{SPAN_PREFIX}*"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -78,10 +83,46 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from bench.run import main as bench_main
+def kubeflow_command(command: Callable[[argparse.Namespace, Config], int]) -> Callable[[argparse.Namespace], int]:
+    """A `terrafuse kubeflow ...` command: a refusal of the spec, the cron or the server is an error line, exit 2."""
 
-    return bench_main(args.bench_args)
+    def run(args: argparse.Namespace) -> int:
+        config = _config(args)
+        try:
+            return command(args, config)
+        except kfp_client.KubeflowError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+
+    return run
+
+
+def cmd_kubeflow_compile(args: argparse.Namespace, config: Config) -> int:
+    started = time.perf_counter()
+    spec_file = kfp_compile.compile_pipeline(config)
+    print(f"Wrote {spec_file} ({spec_file.stat().st_size / 1024:.0f} KiB, {time.perf_counter() - started:.1f} s) "
+          f"for image {config.kubeflow.image}; pipeline root {kfp_compile.cluster_paths(config).pipeline_root}")
+    return 0
+
+
+def cmd_kubeflow_submit(args: argparse.Namespace, config: Config) -> int:
+    print(f"Run {kfp_client.submit(config, args.host, check_data=not args.no_data_check)} started")
+    return 0
+
+
+def cmd_kubeflow_schedule(args: argparse.Namespace, config: Config) -> int:
+    if args.list:
+        for entry in kfp_client.list_schedules(config, args.host):
+            state = "enabled " if entry.enabled else "disabled"
+            print(f"{entry.recurring_run_id}  {state}  {entry.cron}  {entry.name}")
+        return 0
+    if args.disable:
+        kfp_client.disable_schedule(config, args.host, args.disable)
+        print(f"Recurring run {args.disable} disabled")
+        return 0
+    recurring_run_id = kfp_client.schedule(config, args.host, args.cron, check_data=not args.no_data_check)
+    print(f"Recurring run {recurring_run_id} created ({args.cron or config.kubeflow.cron})")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,22 +155,30 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(report)
     report.set_defaults(func=cmd_report)
 
-    bench = commands.add_parser("bench", add_help=False,
-                                help="measure speed, scaling and the ablations into bench/results.md "
-                                     "(options: terrafuse bench --help)")
-    bench.set_defaults(func=cmd_bench)  # its options are bench.run's: main() hands them over unparsed
-
-    register_kubeflow_cli(commands, _config_arguments, _config)
+    kubeflow = commands.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines, run or schedule it")
+    kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
+    for name, help_text, command in (
+            ("compile", "write the KFP pipeline spec (kubeflow.spec_file) for kubeflow.image", cmd_kubeflow_compile),
+            ("submit", "start one run of the compiled spec", cmd_kubeflow_submit),
+            ("schedule", "create, list or disable recurring runs of the compiled spec", cmd_kubeflow_schedule)):
+        parser_of_command = kubeflow_commands.add_parser(name, help=help_text)
+        _config_arguments(parser_of_command)
+        parser_of_command.set_defaults(func=kubeflow_command(command))
+    submit, schedule = kubeflow_commands.choices["submit"], kubeflow_commands.choices["schedule"]
+    for command_parser in (submit, schedule):
+        command_parser.add_argument("--host", help="KFP API endpoint (default: kubeflow.host)")
+        command_parser.add_argument("--no-data-check", action="store_true",
+                                    help="do not look for spans under the data root (it is mounted only in the "
+                                         "cluster)")
+    schedule.add_argument("--cron", help=f"default: kubeflow.cron; {kfp_client.CRON_HELP}")
+    what = schedule.add_mutually_exclusive_group()
+    what.add_argument("--list", action="store_true", help="list the recurring runs of kubeflow.experiment")
+    what.add_argument("--disable", metavar="ID", help="disable the recurring run with this id")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args, unparsed = parser.parse_known_args(argv)
-    if args.command == "bench":
-        args.bench_args = unparsed
-    elif unparsed:
-        parser.error(f"unrecognized arguments: {' '.join(unparsed)}")
+    args = build_parser().parse_args(argv)
     # TFX and Beam parse sys.argv with absl flags: ours (e.g. -v) must not reach them.
     sys.argv = sys.argv[:1]
     prepare_tensorflow()

@@ -1,5 +1,7 @@
 """Runs a compiled KFP pipeline spec (schema 2.1) without Kubernetes, the way the open-source KFP backend drives it.
 
+A test harness (tests/test_kubeflow.py, bench/kubeflow_spec.py); nothing in the product exists for it.
+
 It refuses a spec with executors other than containers before running anything (that backend also runs
 importers, which TFX specs here do not use, and refuses TFX's `resolver` steps), and it ignores
 `lifecycle.preCacheCheck` (TFX's ExampleGen driver), as that backend does.
@@ -10,6 +12,10 @@ outputs.artifacts with uris under <pipeline root>/<pipeline>/<run>/<task>/; outp
 of `{{$}}` and runs the task's own command (`python -m ...`, with this interpreter) in a subprocess, from a
 scratch directory, so nothing leans on this checkout's working directory. Downstream inputs come from each task's
 ExecutorOutput (the outputFile).
+
+This checkout stands in for the image: the image's environment (foundation.environment) is set, and a parameter
+naming a file under the image's project folder (IMAGE_PROJECT_DIR, e.g. the curated schema) is pointed at the
+same file here.
 
 Like a KFP backend it caches tasks whose `cachingOptions.enableCache` is set: a task whose container, input
 artifact names and parameter values were seen before reuses that execution's outputs and is reported CACHED.
@@ -30,6 +36,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from foundation.config import PROJECT_DIR
+from foundation.environment import TENSORFLOW_ENVIRONMENT
+from pipeline.kfp_compile import IMAGE_PROJECT_DIR
 
 EXECUTED, CACHED, FAILED = "EXECUTED", "CACHED", "FAILED"
 
@@ -103,7 +113,7 @@ class Launcher:
         executor_input = {
             "inputs": {
                 "artifacts": {key: {"artifacts": artifacts} for key, artifacts in inputs.items()},
-                "parameterValues": {key: p["runtimeValue"]["constant"]
+                "parameterValues": {key: _in_checkout(p["runtimeValue"]["constant"])
                                     for key, p in task.get("inputs", {}).get("parameters", {}).items()},
             },
             "outputs": {
@@ -136,10 +146,17 @@ class Launcher:
         """Runs one entry point as its container would: the same module, this interpreter, the image's env."""
         argv = [self.python if part == "python" else part for part in command]
         argv += [json.dumps(executor_input) if arg == "{{$}}" else arg for arg in args]
-        env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+        env = {**os.environ, **TENSORFLOW_ENVIRONMENT, "TF_CPP_MIN_LOG_LEVEL": "2"}
         process = subprocess.run(argv, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                  text=True)
         return process.returncode, process.stdout
+
+
+def _in_checkout(value: object) -> object:
+    """A path under the image's project folder, as the same path in this checkout; other values as they are."""
+    if isinstance(value, str) and value.startswith(IMAGE_PROJECT_DIR + "/"):
+        return str(PROJECT_DIR) + value[len(IMAGE_PROJECT_DIR):]
+    return value
 
 
 def _upstream(task: dict) -> set[str]:

@@ -1,6 +1,5 @@
-"""Kubeflow: the compiled spec, the image it names, the kfp client calls (against tests/fake_kfp_server.py), and
-one run of the compiled spec by bench/kfp_launcher.py on tiny scenes (slow)."""
-import argparse
+"""Kubeflow: the compiled spec, the image it names, the kfp client calls (against tests/fake_kfp_server.py), the
+`terrafuse kubeflow` commands, and two runs of the compiled spec by tests/kfp_launcher.py on small scenes (slow)."""
 import json
 import os
 import re
@@ -14,11 +13,15 @@ import pytest
 import tensorflow as tf
 import yaml
 from fake_kfp_server import FakeKfpServer
+from kfp_launcher import EXECUTED, Launcher
 
-from bench.kfp_launcher import EXECUTED, Launcher
-from foundation.config import SPLITS, Config, ConfigError
+from foundation.config import PROJECT_DIR, SPLITS, Config, ConfigError, load_config
+from foundation.environment import TENSORFLOW_ENVIRONMENT
 from foundation.published import model_versions, read_training_record
-from pipeline import cli, kubeflow
+from foundation.scene_folder import MULTISPECTRAL_FILE, SPAN_PREFIX, span_folder
+from pipeline import cli, kfp_client, kfp_compile
+from pipeline.component_ids import (BASELINE, DRIFT_GATE, EVALUATOR, PUSHER, SCENE_EXAMPLE_GEN, SCHEMA_GEN, TRAINER,
+                                    TRANSFORM)
 from pipeline.dag import create_pipeline, training_code_fingerprint
 from synth.scenes import generate_sample
 
@@ -28,17 +31,26 @@ SERVING_VOLUME = "/mnt/models/terrafuse"  # a path only the cluster mounts
 
 
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
+def config_file(tmp_path_factory):
+    """A config file for `terrafuse kubeflow ...`, whose spec `terrafuse kubeflow compile` has written."""
     root = tmp_path_factory.mktemp("kubeflow")
-    scene = root / "data" / "span-0001" / "scene-000"
+    scene = root / "data" / span_folder(1) / "scene-000"
     scene.mkdir(parents=True)
-    (scene / "multispectral.tif").write_bytes(b"")
+    (scene / MULTISPECTRAL_FILE).write_bytes(b"")
     config = Config().replace({
         "kubeflow.pipeline_root": str(root / "cluster"), "kubeflow.data_root": str(root / "data"),
         "kubeflow.serving_dir": SERVING_VOLUME, "kubeflow.spec_file": str(root / "terrafuse.yaml"),
     })
-    kubeflow.compile_pipeline(config)
-    return config
+    config_file = root / "cluster.yaml"
+    config_file.write_text(yaml.safe_dump({"kubeflow": config.to_dict()["kubeflow"]}))
+    assert cli.main(["kubeflow", "compile", "--config", str(config_file)]) == 0
+    assert Path(config.kubeflow.spec_file).is_file()
+    return config_file
+
+
+@pytest.fixture(scope="module")
+def config(config_file):
+    return load_config(str(config_file))
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +93,7 @@ def closed_port_url():
 def test_spec_is_a_pipeline_spec_2_1_yaml_for_the_one_configured_image(config, spec):
     assert spec["schemaVersion"] == "2.1.0"
     assert spec["pipelineInfo"]["name"] == config.run.pipeline_name
-    assert kubeflow.spec_images(spec) == {config.kubeflow.image}
+    assert kfp_client.spec_images(spec) == {config.kubeflow.image}
     for container in containers(spec).values():
         assert container["command"] == ["python", "-m", RUN_EXECUTOR]
     (example_gen,) = [c for c in containers(spec).values() if "lifecycle" in c]
@@ -89,19 +101,19 @@ def test_spec_is_a_pipeline_spec_2_1_yaml_for_the_one_configured_image(config, s
 
 
 def test_cluster_paths_are_baked_in_and_the_wheels_are_under_the_pipeline_root(config, spec):
-    paths = kubeflow.cluster_paths(config)
-    assert task_parameter(spec, "SceneExampleGen", "input_base") == paths.data_root
-    assert json.loads(task_parameter(spec, "Pusher", "push_destination")) == {
+    paths = kfp_compile.cluster_paths(config)
+    assert task_parameter(spec, SCENE_EXAMPLE_GEN, "input_base") == paths.data_root
+    assert json.loads(task_parameter(spec, PUSHER, "push_destination")) == {
         "filesystem": {"base_directory": SERVING_VOLUME}}
-    for task in ("Transform", "Trainer"):
+    for task in (TRANSFORM, TRAINER):
         module, wheel = task_parameter(spec, task, "module_path").split("@")
         assert wheel.startswith(os.path.join(paths.pipeline_root, "_wheels") + "/") and Path(wheel).is_file()
 
 
 def test_curated_schema_points_into_the_image_and_no_path_of_this_checkout_is_left(spec):
-    schema_file = task_parameter(spec, "ImportSchemaGen", "schema_file")
-    assert schema_file == f"{kubeflow.IMAGE_PROJECT_DIR}/schemas/schema.pbtxt"
-    assert str(kubeflow.PROJECT_DIR) not in json.dumps(spec)
+    schema_file = task_parameter(spec, SCHEMA_GEN, "schema_file")
+    assert schema_file == f"{kfp_compile.IMAGE_PROJECT_DIR}/schemas/schema.pbtxt"
+    assert str(PROJECT_DIR) not in json.dumps(spec)
 
 
 def test_the_spec_suits_the_open_source_backend(spec):
@@ -110,11 +122,11 @@ def test_the_spec_suits_the_open_source_backend(spec):
     tasks = spec["root"]["dag"]["tasks"]
     assert all("container" in executor for executor in spec["deploymentSpec"]["executors"].values())
     uncached = {name for name, task in tasks.items() if not task["cachingOptions"].get("enableCache")}
-    assert uncached == {"SceneExampleGen"}
-    evaluator_inputs = tasks["Evaluator"]["inputs"]["artifacts"]
-    assert evaluator_inputs["baseline_model"]["taskOutputArtifact"]["producerTask"] == "PublishedBaseline"
-    assert task_parameter(spec, "DriftGate", "serving_dir") == SERVING_VOLUME
-    assert task_parameter(spec, "PublishedBaseline", "serving_dir") == SERVING_VOLUME
+    assert uncached == {SCENE_EXAMPLE_GEN}
+    evaluator_inputs = tasks[EVALUATOR]["inputs"]["artifacts"]
+    assert evaluator_inputs["baseline_model"]["taskOutputArtifact"]["producerTask"] == BASELINE
+    assert task_parameter(spec, DRIFT_GATE, "serving_dir") == SERVING_VOLUME
+    assert task_parameter(spec, BASELINE, "serving_dir") == SERVING_VOLUME
 
 
 def test_every_entry_module_and_executor_class_of_the_spec_imports_outside_the_checkout(spec, tmp_path):
@@ -134,28 +146,29 @@ def test_every_entry_module_and_executor_class_of_the_spec_imports_outside_the_c
             module, _, name = path.rpartition(".")
             assert isinstance(getattr(importlib.import_module(module), name), type), path
     """)
-    env = {**os.environ, "TF_USE_LEGACY_KERAS": "1", "PYTHONPATH": ""}
+    env = {**os.environ, **TENSORFLOW_ENVIRONMENT, "PYTHONPATH": ""}
     subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, check=True)
 
 
 def test_spec_file_must_be_yaml_and_cluster_paths_must_mean_something_in_a_container(config):
     with pytest.raises(ConfigError, match="must end in .yaml"):
-        kubeflow.compile_pipeline(config.replace({"kubeflow.spec_file": "outputs/kubeflow/terrafuse.json"}))
+        kfp_compile.compile_pipeline(config.replace({"kubeflow.spec_file": "outputs/kubeflow/terrafuse.json"}))
     with pytest.raises(ConfigError, match="kubeflow.pipeline_root .* 'outputs'"):
-        kubeflow.cluster_paths(config.replace({"kubeflow.pipeline_root": "", "run.pipeline_root": "outputs"}))
+        kfp_compile.cluster_paths(config.replace({"kubeflow.pipeline_root": "", "run.pipeline_root": "outputs"}))
     with pytest.raises(ConfigError, match="serving_dir .*POSIX"):
-        kubeflow.cluster_paths(config.replace({"kubeflow.pipeline_root": "gs://bucket/tf", "kubeflow.serving_dir": ""}))
-    paths = kubeflow.cluster_paths(config.replace({"kubeflow.pipeline_root": "", "run.pipeline_root": "/srv/tf",
-                                                   "kubeflow.serving_dir": ""}))
+        kfp_compile.cluster_paths(config.replace({"kubeflow.pipeline_root": "gs://bucket/tf",
+                                                  "kubeflow.serving_dir": ""}))
+    paths = kfp_compile.cluster_paths(config.replace({"kubeflow.pipeline_root": "", "run.pipeline_root": "/srv/tf",
+                                                      "kubeflow.serving_dir": ""}))
     assert (paths.pipeline_root, paths.serving_dir) == ("/srv/tf", "/srv/tf/serving")
 
 
 def test_a_schema_outside_the_project_is_refused(config, tmp_path):
     schema = tmp_path / "schema.pbtxt"
-    schema.write_text((kubeflow.PROJECT_DIR / "schemas" / "schema.pbtxt").read_text())
+    schema.write_text((PROJECT_DIR / "schemas" / "schema.pbtxt").read_text())
     with pytest.raises(ConfigError, match="outside the project"):
-        kubeflow.compile_pipeline(config.replace({"run.schema_file": str(schema),
-                                                  "kubeflow.spec_file": str(tmp_path / "spec.yaml")}))
+        kfp_compile.compile_pipeline(config.replace({"run.schema_file": str(schema),
+                                                     "kubeflow.spec_file": str(tmp_path / "spec.yaml")}))
 
 
 def test_a_serving_dir_on_an_object_store_is_refused_on_every_runner(config):
@@ -164,7 +177,7 @@ def test_a_serving_dir_on_an_object_store_is_refused_on_every_runner(config):
 
 
 def test_the_training_code_fingerprint_follows_the_schema_and_is_stable(tmp_path):
-    schema = kubeflow.PROJECT_DIR / "schemas" / "schema.pbtxt"
+    schema = PROJECT_DIR / "schemas" / "schema.pbtxt"
     edited = tmp_path / "schema.pbtxt"
     edited.write_text(schema.read_text() + "\n# edited\n")
     assert training_code_fingerprint(str(schema)) == training_code_fingerprint(str(schema))
@@ -174,7 +187,7 @@ def test_the_training_code_fingerprint_follows_the_schema_and_is_stable(tmp_path
 # The image
 
 def dockerfile_instructions():
-    text = (kubeflow.PROJECT_DIR / "Dockerfile").read_text()
+    text = (PROJECT_DIR / "Dockerfile").read_text()
     lines = re.sub(r"\\\n\s*", " ", text).splitlines()
     return [line.split(None, 1) for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
@@ -184,78 +197,79 @@ def test_dockerfile_installs_the_lock_and_the_project_like_the_makefile_and_runs
     runs = [args for keyword, args in instructions if keyword == "RUN"]
     bases = [args.split()[0] for keyword, args in instructions if keyword == "FROM"]
     assert bases[-1] == "python:3.10-slim" and "python:3.10-slim" in bases[:-1]  # the build and the runtime stage
-    makefile_uv = re.search(r"^UV_VERSION := (\S+)$", (kubeflow.PROJECT_DIR / "Makefile").read_text(), re.M)[1]
+    makefile_uv = re.search(r"^UV_VERSION := (\S+)$", (PROJECT_DIR / "Makefile").read_text(), re.M)[1]
     assert ["ARG", f"UV_VERSION={makefile_uv}"] in instructions
-    locked_beam = re.search(r"^apache-beam==(\S+)$", (kubeflow.PROJECT_DIR / "requirements.lock").read_text(), re.M)[1]
+    locked_beam = re.search(r"^apache-beam==(\S+)$", (PROJECT_DIR / "requirements.lock").read_text(), re.M)[1]
     assert ["ARG", f"BEAM_VERSION={locked_beam}"] in instructions  # the Beam worker boot matches the SDK
     assert ["ENTRYPOINT", '["/opt/apache/beam/boot"]'] in instructions
-    assert any("uv pip install" in run and "--no-deps -r" in run and "requirements.lock" in run for run in runs)
+    # Byte-compiled at build time: the image's user cannot write .pyc files into /opt/venv, so every step would
+    # compile TensorFlow and TFX from source on import.
+    assert any("uv pip install" in run and "--no-deps" in run and "--compile-bytecode" in run
+               and f"-r {kfp_compile.IMAGE_PROJECT_DIR}/requirements.lock" in run for run in runs)
     assert any("uv pip install" in run and "--no-deps" in run and run.rstrip().split("&&")[0].rstrip()
-               .endswith(kubeflow.IMAGE_PROJECT_DIR) for run in runs)
-    assert ["COPY", f". {kubeflow.IMAGE_PROJECT_DIR}"] in instructions
-    envs = " ".join(args for keyword, args in instructions if keyword == "ENV")
-    assert "TF_USE_LEGACY_KERAS=1" in envs.split()
+               .endswith(kfp_compile.IMAGE_PROJECT_DIR) for run in runs)
+    assert ["COPY", f". {kfp_compile.IMAGE_PROJECT_DIR}"] in instructions
     users = [args.strip() for keyword, args in instructions if keyword == "USER"]
     assert users and users[-1] not in ("root", "0")
-    ignored = (kubeflow.PROJECT_DIR / ".dockerignore").read_text().split()
+    ignored = (PROJECT_DIR / ".dockerignore").read_text().split()
     assert {".venv", "outputs", "data"} <= set(ignored) and "schemas" not in ignored
 
 
 # Checks made before anything is sent
 
 def test_malformed_crons_are_refused_with_what_a_kfp_cron_is():
-    assert kubeflow.validate_cron("0 0 3 * * *") == "0 0 3 * * *"
-    assert kubeflow.validate_cron("0 */15 8-18 ? JAN-MAR MON-FRI") == "0 */15 8-18 ? JAN-MAR MON-FRI"
+    assert kfp_client.validate_cron("0 0 3 * * *") == "0 0 3 * * *"
+    assert kfp_client.validate_cron("0 */15 8-18 ? JAN-MAR MON-FRI") == "0 */15 8-18 ? JAN-MAR MON-FRI"
     for bad, reason in [("0 3 * * *", "5 fields .*prepend '0 '"), ("0 0 24 * * *", "hour field '24'"),
                         ("0 0 3 * * 7", "day of week"), ("0 0 3 ? * *", None), ("0 0/0 3 * * *", "step"),
                         ("0 0 5-3 * * *", "backwards"), ("? 0 3 * * *", "only fits the day")]:
         if reason is None:
-            assert kubeflow.validate_cron(bad)
+            assert kfp_client.validate_cron(bad)
             continue
         with pytest.raises(ConfigError, match=reason) as raised:
-            kubeflow.validate_cron(bad)
+            kfp_client.validate_cron(bad)
         assert "six fields, seconds first" in str(raised.value)
 
 
 def test_nothing_is_sent_for_a_bad_cron_another_image_or_a_data_root_without_spans(config, server, tmp_path):
     with pytest.raises(ConfigError, match="six fields"):
-        kubeflow.schedule(config, server.url, cron="0 3 * * *")
-    with pytest.raises(kubeflow.KubeflowError, match="compiled for image terrafuse:0.1.0 but kubeflow.image is "
+        kfp_client.schedule(config, server.url, cron="0 3 * * *")
+    with pytest.raises(kfp_client.KubeflowError, match="compiled for image terrafuse:0.1.0 but kubeflow.image is "
                                                      "registry.example.com/terrafuse:0.2.0"):
-        kubeflow.submit(config.replace({"kubeflow.image": "registry.example.com/terrafuse:0.2.0"}), server.url)
+        kfp_client.submit(config.replace({"kubeflow.image": "registry.example.com/terrafuse:0.2.0"}), server.url)
     empty = tmp_path / "empty"
     empty.mkdir()
-    no_spans = with_spec(config, tmp_path, lambda spec: spec["root"]["dag"]["tasks"]["SceneExampleGen"]["inputs"]
+    no_spans = with_spec(config, tmp_path, lambda spec: spec["root"]["dag"]["tasks"][SCENE_EXAMPLE_GEN]["inputs"]
                          ["parameters"]["input_base"]["runtimeValue"].update(constant=str(empty)))
-    with pytest.raises(kubeflow.KubeflowError, match=f"no span .*{empty}/span-\\*/\\*/\\*"):
-        kubeflow.schedule(no_spans, server.url)
+    with pytest.raises(kfp_client.KubeflowError, match=f"no span .*{re.escape(f'{empty}/{SPAN_PREFIX}*/*/*')}"):
+        kfp_client.schedule(no_spans, server.url)
     assert server.requests == []
 
 
 def test_the_span_check_reads_uris_through_tf_io_gfile(config, spec):
     data_root = "ram://terrafuse-test/data"
     spec = json.loads(json.dumps(spec))
-    spec["root"]["dag"]["tasks"]["SceneExampleGen"]["inputs"]["parameters"]["input_base"]["runtimeValue"][
+    spec["root"]["dag"]["tasks"][SCENE_EXAMPLE_GEN]["inputs"]["parameters"]["input_base"]["runtimeValue"][
         "constant"] = data_root
-    with pytest.raises(kubeflow.KubeflowError, match="no span"):
-        kubeflow.check_spec(config, spec)
-    with tf.io.gfile.GFile(f"{data_root}/span-0003/scene-000/multispectral.tif", "wb") as f:
+    with pytest.raises(kfp_client.KubeflowError, match="no span"):
+        kfp_client.check_spec(config, spec)
+    with tf.io.gfile.GFile(f"{data_root}/{span_folder(3)}/scene-000/{MULTISPECTRAL_FILE}", "wb") as f:
         f.write(b"")
-    kubeflow.check_spec(config, spec)
+    kfp_client.check_spec(config, spec)
 
 
 def test_an_unreachable_host_is_named_at_once(config):
     host = closed_port_url()
-    with pytest.raises(kubeflow.KubeflowError, match=f"cannot reach Kubeflow Pipelines at {host}"):
-        kubeflow.submit(config, host)
-    with pytest.raises(kubeflow.KubeflowError, match="no Kubeflow Pipelines host"):
-        kubeflow.submit(config.replace({"kubeflow.host": ""}))
+    with pytest.raises(kfp_client.KubeflowError, match=f"cannot reach Kubeflow Pipelines at {host}"):
+        kfp_client.submit(config, host)
+    with pytest.raises(kfp_client.KubeflowError, match="no Kubeflow Pipelines host"):
+        kfp_client.submit(config.replace({"kubeflow.host": ""}))
 
 
 # The kfp client against the fake server
 
 def test_submit_sends_the_compiled_spec_with_the_pipeline_root_into_a_new_experiment(config, spec, server):
-    run_id = kubeflow.submit(config, server.url, client_options={"existing_token": "token-123"})
+    run_id = kfp_client.submit(config, server.url, client_options={"existing_token": "token-123"})
     assert [(r.method, r.path) for r in server.requests] == [
         ("GET", "/apis/v2beta1/healthz"), ("GET", "/apis/v2beta1/experiments"),
         ("POST", "/apis/v2beta1/experiments"), ("POST", "/apis/v2beta1/runs")]
@@ -271,8 +285,8 @@ def test_submit_sends_the_compiled_spec_with_the_pipeline_root_into_a_new_experi
 
 
 def test_schedule_sends_a_cron_trigger_one_at_a_time_without_catch_up(config, spec, server):
-    first = kubeflow.schedule(config, server.url, cron="0 30 2 * * *")
-    second = kubeflow.schedule(config, server.url)
+    first = kfp_client.schedule(config, server.url, cron="0 30 2 * * *")
+    second = kfp_client.schedule(config, server.url)
     assert len(server.calls("POST", "/experiments")) == 1  # the experiment is made once, then found
     bodies = [r.body for r in server.calls("POST", "/recurringruns")]
     assert [b["trigger"] for b in bodies] == [{"cron_schedule": {"cron": "0 30 2 * * *"}},
@@ -281,34 +295,28 @@ def test_schedule_sends_a_cron_trigger_one_at_a_time_without_catch_up(config, sp
         assert (body["max_concurrency"], body["no_catchup"], body["mode"]) == (1, True, "ENABLE")
         assert body["pipeline_spec"] == spec
         assert body["runtime_config"]["pipeline_root"] == config.kubeflow.pipeline_root
-    assert [s.recurring_run_id for s in kubeflow.list_schedules(config, server.url)] == [first, second]
-    kubeflow.disable_schedule(config, server.url, first)
+    assert [s.recurring_run_id for s in kfp_client.list_schedules(config, server.url)] == [first, second]
+    kfp_client.disable_schedule(config, server.url, first)
     assert server.calls("POST", f"/recurringruns/{first}:disable")
-    assert {s.recurring_run_id: s.enabled for s in kubeflow.list_schedules(config, server.url)} == {
+    assert {s.recurring_run_id: s.enabled for s in kfp_client.list_schedules(config, server.url)} == {
         first: False, second: True}
 
 
 def test_server_errors_surface_with_status_and_the_servers_message(config, server):
     server.fail("POST", "/runs", 500, "failed to compile the workflow: resolver executor not implemented")
-    with pytest.raises(kubeflow.KubeflowError, match="refused starting the run: HTTP 500 Internal Server Error: "
+    with pytest.raises(kfp_client.KubeflowError, match="refused starting the run: HTTP 500 Internal Server Error: "
                                                      "failed to compile the workflow: resolver executor"):
-        kubeflow.submit(config, server.url)
+        kfp_client.submit(config, server.url)
     server.fail("POST", "/recurringruns", 400, "Invalid input error: the cron is not valid")
-    with pytest.raises(kubeflow.KubeflowError, match="HTTP 400 Bad Request: Invalid input error: the cron"):
-        kubeflow.schedule(config, server.url)
-    with pytest.raises(kubeflow.KubeflowError, match="HTTP 404 .*recurring run nope not found"):
-        kubeflow.disable_schedule(config, server.url, "nope")
+    with pytest.raises(kfp_client.KubeflowError, match="HTTP 400 Bad Request: Invalid input error: the cron"):
+        kfp_client.schedule(config, server.url)
+    with pytest.raises(kfp_client.KubeflowError, match="HTTP 404 .*recurring run nope not found"):
+        kfp_client.disable_schedule(config, server.url, "nope")
 
 
-def test_cli_schedules_lists_and_disables(config, server, tmp_path, capsys):
-    config_file = tmp_path / "kubeflow.yaml"
-    config_file.write_text(yaml.safe_dump({"kubeflow": config.to_dict()["kubeflow"]}))
-    parser = argparse.ArgumentParser()
-    kubeflow.register_cli(parser.add_subparsers(dest="command", required=True), cli._config_arguments, cli._config)
-
+def test_cli_schedules_lists_and_disables(config_file, server, capsys):
     def terrafuse(*argv):
-        args = parser.parse_args(["kubeflow", *argv, "--config", str(config_file)])
-        return args.func(args)
+        return cli.main(["kubeflow", *argv, "--config", str(config_file)])
 
     assert terrafuse("schedule", "--host", server.url, "--cron", "0 0 4 * * *") == 0
     (recurring_run_id,) = server.recurring_runs
@@ -332,7 +340,7 @@ def launched(tmp_path_factory):
         "run.data_root": str(root / "data"), "run.pipeline_root": str(root / "pipeline"),
         "kubeflow.spec_file": str(root / "terrafuse.yaml"),
     })
-    spec_file = kubeflow.compile_pipeline(config, project_dir_in_image=str(kubeflow.PROJECT_DIR))
+    spec_file = kfp_compile.compile_pipeline(config)
     launcher = Launcher(spec_file, config.run.pipeline_root)
     return config, launcher, launcher.run()
 
@@ -343,13 +351,13 @@ def test_the_compiled_spec_runs_blesses_and_pushes(launched):
     assert result.ok, result.tasks[result.failed_task].log[-4000:]
     print(f"\nlauncher run: {result.seconds:.0f} s")
     assert set(result.states().values()) == {EXECUTED}
-    (examples,) = result.outputs["SceneExampleGen"]["examples"]
+    (examples,) = result.outputs[SCENE_EXAMPLE_GEN]["examples"]
     # No pre-cache check ran: the executor itself took the newest span and fingerprinted its 3 scenes x 3 files.
-    assert "Resolved the newest span: 2" in result.tasks["SceneExampleGen"].log
+    assert "Resolved the newest span: 2" in result.tasks[SCENE_EXAMPLE_GEN].log
     assert examples["metadata"]["input_fingerprint"].startswith("split:scenes,num_files:9,")
     assert json.loads(examples["metadata"]["split_names"]) == list(SPLITS)
-    assert "nothing published" in result.tasks["PublishedBaseline"].log
-    (blessing,) = result.outputs["Evaluator"]["blessing"]
+    assert "nothing published" in result.tasks[BASELINE].log
+    (blessing,) = result.outputs[EVALUATOR]["blessing"]
     assert blessing["metadata"]["blessed"] == 1
     assert len(model_versions(config.serving_dir)) == 1
 
@@ -362,13 +370,13 @@ def test_a_run_without_a_new_span_trains_nothing_and_pushes_nothing_new(launched
     again = launcher.run()
     print(f"\nlauncher rerun: {again.seconds:.0f} s, {again.states()}")
     assert again.ok, again.tasks[again.failed_task].log[-4000:]
-    (examples,) = again.outputs["SceneExampleGen"]["examples"]
-    assert examples["metadata"]["input_fingerprint"] == first.outputs["SceneExampleGen"]["examples"][0]["metadata"][
+    (examples,) = again.outputs[SCENE_EXAMPLE_GEN]["examples"]
+    assert examples["metadata"]["input_fingerprint"] == first.outputs[SCENE_EXAMPLE_GEN]["examples"][0]["metadata"][
         "input_fingerprint"]
-    trainer_log = again.tasks["Trainer"].log
+    trainer_log = again.tasks[TRAINER].log
     assert "nothing is trained" in trainer_log and "Epoch 1/" not in trainer_log
-    (model,) = again.outputs["Trainer"]["model"]
+    (model,) = again.outputs[TRAINER]["model"]
     published = os.path.join(config.serving_dir, version)
     assert read_training_record(os.path.join(model["uri"], "Format-Serving")) == read_training_record(published)
-    assert f"published version {published}" in again.tasks["PublishedBaseline"].log
+    assert f"published version {published}" in again.tasks[BASELINE].log
     assert model_versions(config.serving_dir) == [version]
