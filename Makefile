@@ -17,7 +17,9 @@ $(VENV)/.installed: requirements.lock setup.py
 	@test -n "$(PYTHON310)" || { echo "error: Python 3.10 not found (TFX 1.16 installs on 3.10 only)"; exit 1; }
 	$(PYTHON310) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
-	$(VENV)/bin/uv pip install --python $(PY) --no-deps -r requirements.lock
+# Bytecode now: with PYTHONDONTWRITEBYTECODE set nothing is cached at import, and every command compiled TF and TFX
+# again (`from tfx import v1` 34 s uncompiled, 12 s compiled).
+	$(VENV)/bin/uv pip install --python $(PY) --no-deps --compile-bytecode -r requirements.lock
 	$(VENV)/bin/uv pip install --python $(PY) --no-deps --no-build-isolation -e .
 	touch $@
 

@@ -18,6 +18,7 @@ prepare_tensorflow()  # `python -m bench.class_weight_modes` is an entry point: 
 
 from foundation.config import CLASS_WEIGHT_MODES, Config
 from models.evaluation import read_evaluation
+from pipeline.component_ids import EVALUATOR
 from pipeline.summary import last_run
 from synth.scenes import generate_sample
 
@@ -34,7 +35,7 @@ def measure(work_dir: Path, seeds: int) -> dict[str, list]:
             args = [arg for key, value in overrides.items() for arg in ("--set", f"{key}={value}")]
             subprocess.run([sys.executable, "-m", "pipeline.cli", "run", *args], check=True, capture_output=True)
             config = Config().replace(overrides)
-            (uri,) = [r.outputs["evaluation"][0].uri for r in last_run(config) if r.node == "Evaluator"]
+            (uri,) = [r.outputs["evaluation"][0].uri for r in last_run(config) if r.node == EVALUATOR]
             results[mode].append(read_evaluation(uri, config))
     return results
 

@@ -12,6 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
 from bench.settings import TARGETS  # noqa: E402
 from foundation.config import SPLITS  # noqa: E402
+from pipeline.component_ids import EVALUATOR, SCENE_EXAMPLE_GEN, TRAINER, TRANSFORM  # noqa: E402
 
 MIN_SEGMENT_SECONDS = 0.5  # components below this in every bar of the components plot are drawn together
 PER_PATCH_TOLERANCE = 1.10  # "flat": the later marginal cost may be up to 10 % above the earlier one
@@ -574,11 +575,11 @@ def _where_time_goes(results: dict[str, Any]) -> list[str]:
 def _component_note(node: str, results: dict[str, Any]) -> str:
     """What else the bench measured that explains this component's time."""
     fresh = results["pipeline"]["fresh"]
-    if node == "SceneExampleGen" and fresh["patches"] and "ingest" in results and "error" not in results["ingest"]:
+    if node == SCENE_EXAMPLE_GEN and fresh["patches"] and "ingest" in results and "error" not in results["ingest"]:
         rate = results["ingest"]["sets"][0]["patches_per_second"]
         return (f"; `scene_examples` alone would take {_s(fresh['patches']['total'] / rate)} s for these patches, "
                 "the rest is Beam, block assignment and TFRecord writing")
-    if node == "Trainer" and fresh["trainer"]:
+    if node == TRAINER and fresh["trainer"]:
         t = fresh["trainer"]
         note = f"; {_n(t['examples_per_second'])} training examples/s over {t['epochs_run']} epoch(s)"
         if t.get("inside"):
@@ -591,10 +592,10 @@ def _component_note(node: str, results: dict[str, Any]) -> str:
         if floor:
             note += f"; the floor trains the same model in {_s(floor[0]['floor']['seconds']['train'])} s"
         return note
-    if node == "Transform" and results.get("floor", {}).get("rows"):
+    if node == TRANSFORM and results.get("floor", {}).get("rows"):
         return (f"; the floor's numpy normalisation of the same patches takes "
                 f"{_s(results['floor']['rows'][0]['floor']['seconds']['normalise'])} s")
-    if node == "Evaluator" and results.get("floor", {}).get("rows"):
+    if node == EVALUATOR and results.get("floor", {}).get("rows"):
         return (f"; the floor's argmax recall on the same test split takes "
                 f"{_s(results['floor']['rows'][0]['floor']['seconds']['evaluate'])} s")
     return ""

@@ -24,6 +24,7 @@ from components.scenes import load_scene
 from foundation.config import SPLITS, TEST, TRAIN, Config, GateConfig
 from foundation.published import latest_published
 from models.fused_cnn import STREAMS_BY_MODE
+from pipeline.component_ids import SCENE_EXAMPLE_GEN, TRAINER
 from synth.scenes import generate_sample
 
 
@@ -100,9 +101,9 @@ def run_summary(measure: ProcessMeasure, result: dict[str, Any]) -> dict[str, An
         patches = {split: sum(counts[split].values()) for split in SPLITS}
         patches["total"] = sum(patches.values())
     trainer = None
-    if result["training"] is not None and "Trainer" in components:
+    if result["training"] is not None and TRAINER in components:
         train_examples = sum(result["training"]["label_counts"][TRAIN].values())
-        seconds = components["Trainer"]["seconds"]
+        seconds = components[TRAINER]["seconds"]
         trainer = {"epochs_run": result["training"]["epochs_run"], "train_examples": train_examples,
                    "seconds": seconds, "inside": result["training"]["seconds"],
                    "examples_per_second": train_examples * result["training"]["epochs_run"] / seconds}
@@ -156,7 +157,7 @@ def ingest(bench: Bench) -> dict[str, Any]:
         })
         progress("ingest", f"  {patches} patches, {patches / wall:,.0f}/s wall, {patches / cpu:,.0f}/s per core")
     fresh = bench.pipeline(1, rerun=False)["fresh"]
-    component_seconds = fresh["components"]["SceneExampleGen"]["seconds"]
+    component_seconds = fresh["components"][SCENE_EXAMPLE_GEN]["seconds"]
     return {
         "repeats": settings.ingest_repeats,
         "sets": sets,

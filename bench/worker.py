@@ -33,6 +33,7 @@ from foundation.config import Config
 from foundation.published import latest_published, read_training_record
 from models import metrics
 from models.evaluation import CHANGE, Check, failed_checks, read_evaluation, read_metric_values
+from pipeline.component_ids import BASELINE, DATA_GATE, EVALUATOR, PUSHER, SCENE_EXAMPLE_GEN, TRAINER
 from pipeline.local import run_local
 from pipeline.summary import ComponentRun, last_run
 
@@ -91,25 +92,25 @@ def record(config: Config) -> dict[str, Any]:
         "failed_checks": None,
         "pushed": None,
     }
-    ingested = _property(_artifact(runs, "SceneExampleGen", "examples"), INGEST_REPORT_PROPERTY)
+    ingested = _property(_artifact(runs, SCENE_EXAMPLE_GEN, "examples"), INGEST_REPORT_PROPERTY)
     if ingested:
         result["ingest_report"] = json.loads(ingested)
-    gate = _property(_artifact(runs, "DataGate", "training_labels"), GATE_REPORT_PROPERTY)
+    gate = _property(_artifact(runs, DATA_GATE, "training_labels"), GATE_REPORT_PROPERTY)
     if gate:
         result["label_counts"] = json.loads(gate)["label_counts"]
-    model = _artifact(runs, "Trainer", "model")
+    model = _artifact(runs, TRAINER, "model")
     if model is not None:
         training = read_training_record(path_utils.serving_model_path(model.uri))
         result["training"] = {key: training.get(key) for key in ("epochs_run", "best_epoch", "label_counts", "seconds")}
-    baseline = _artifact(runs, "PublishedBaseline", "baseline")
+    baseline = _artifact(runs, BASELINE, "baseline")
     if baseline is not None:
         result["baseline"] = {"source": _property(baseline, BASELINE_SOURCE_PROPERTY),
                               "comparable": bool(_property(baseline, BASELINE_COMPARABLE_PROPERTY))}
-    evaluation = _artifact(runs, "Evaluator", "evaluation")
+    evaluation = _artifact(runs, EVALUATOR, "evaluation")
     if evaluation is not None:
         result["evaluation"] = dataclasses.asdict(read_evaluation(evaluation.uri, config))
         result["failed_checks"] = _failed_checks(evaluation.uri, config)
-    pushed = _artifact(runs, "Pusher", "pushed_model")
+    pushed = _artifact(runs, PUSHER, "pushed_model")
     if pushed is not None:
         result["pushed"] = bool(_property(pushed, "pushed"))
     return result

@@ -15,11 +15,12 @@ from typing import Any
 
 from tfx import types
 from tfx.components.pusher import executor as pusher_executor
+# Not the public alias `tfx.v1.components`, which also imports google.cloud.aiplatform (3-5 s on every run).
+from tfx.components.pusher.component import Pusher
 from tfx.dsl.components.base import executor_spec
 from tfx.proto import pusher_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import io_utils, proto_utils
-from tfx.v1.components import Pusher
 
 from foundation.published import model_source, serving_version_of, write_source_marker
 

@@ -17,7 +17,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from tfx import v1 as tfx
+# The TFX modules themselves, not the public alias `tfx.v1`, which also imports google.cloud.aiplatform (3-5 s on
+# every run).
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
+from tfx.types import standard_artifacts
 from tfx.utils import io_utils, path_utils
 
 from foundation.config import Config
@@ -64,12 +68,12 @@ def choose_baseline(candidate_dir: str, serving_dir: str, config: Config) -> Bas
     return BaselineChoice(published, True, f"published version {published}")
 
 
-@tfx.dsl.components.component
+@component
 def PublishedBaseline(
-    model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
-    baseline: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.Model],
-    serving_dir: tfx.dsl.components.Parameter[str],
-    config_json: tfx.dsl.components.Parameter[str],
+    model: InputArtifact[standard_artifacts.Model],
+    baseline: OutputArtifact[standard_artifacts.Model],
+    serving_dir: Parameter[str],
+    config_json: Parameter[str],
 ) -> None:
     """Copies the baseline (`choose_baseline`) into a Model artifact the Evaluator can load. `config_json` is
     `config.restricted("streams", "ingest", "gate")`: what comparability needs, and the gate for the cache."""

@@ -30,11 +30,14 @@ from typing import Any
 import numpy as np
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
-from tfx import v1 as tfx
 from tfx.components.example_gen import utils as example_gen_utils
 from tfx.components.statistics_gen import stats_artifact_utils
+# The TFX modules themselves, not the public alias `tfx.v1`, which also imports google.cloud.aiplatform (3-5 s on
+# every run).
+from tfx.dsl.component.experimental.annotations import InputArtifact, OutputArtifact, Parameter
+from tfx.dsl.component.experimental.decorators import component
 from tfx.dsl.io import fileio
-from tfx.types import Artifact
+from tfx.types import Artifact, standard_artifacts
 
 from components.label_counts import label_counts
 from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config, ValidationConfig
@@ -373,14 +376,14 @@ def training_hyperparameters(config: Config, counts: dict[str, dict[int, int]],
             TRAIN_STATISTICS_KEY: encode_statistics(stream_statistics(train, layout(config).stream_features))}
 
 
-@tfx.dsl.components.component
+@component
 def DataGate(
-    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
-    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
-    schema_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
-    distribution_anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
-    training_labels: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.HyperParameters],
-    config_json: tfx.dsl.components.Parameter[str],
+    examples: InputArtifact[standard_artifacts.Examples],
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+    schema_anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    distribution_anomalies: InputArtifact[standard_artifacts.ExampleAnomalies],
+    training_labels: OutputArtifact[standard_artifacts.HyperParameters],
+    config_json: Parameter[str],
 ) -> None:
     """Fails the run on schema anomalies, label skew of validation or test against train, or a band's or LiDAR
     channel's value skew between train and test; else hands the Trainer its hyperparameters (see
@@ -391,8 +394,8 @@ def DataGate(
     config = Config.from_dict(json.loads(config_json))
     by_split = split_statistics(statistics)
     counts = {split: label_counts(dataset, config.class_ids) for split, dataset in by_split.items()}
-    report = evaluate(config, counts, _read_anomalies(schema_anomalies, "ExampleValidator"),
-                      _read_anomalies(distribution_anomalies, "DistributionValidator"),
+    report = evaluate(config, counts, _read_anomalies(schema_anomalies, "schema anomalies"),
+                      _read_anomalies(distribution_anomalies, "label skew anomalies"),
                       feature_skew(config, by_split[TRAIN], by_split[TEST]))
     _record(report, training_labels, "Data gate")
     fileio.makedirs(training_labels.uri)
@@ -401,12 +404,12 @@ def DataGate(
                   sort_keys=True)
 
 
-@tfx.dsl.components.component
+@component
 def DriftGate(
-    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
-    drift_report: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
-    config_json: tfx.dsl.components.Parameter[str],
-    serving_dir: tfx.dsl.components.Parameter[str],
+    statistics: InputArtifact[standard_artifacts.ExampleStatistics],
+    drift_report: OutputArtifact[standard_artifacts.ExampleAnomalies],
+    config_json: Parameter[str],
+    serving_dir: Parameter[str],
 ) -> None:
     """Fails the run when this span's training labels or feature values drifted from those the model serving now
     was trained on (the newest version in the serving dir: the blessed models, found the same way on every

@@ -9,16 +9,18 @@ from foundation.config import Config
 
 def run_local(config: Config) -> bool:
     """Runs the DAG; prints what the run found. False when a component stopped the run."""
-    from tfx import v1 as tfx
+    # Not the public alias `tfx.v1`, which also imports google.cloud.aiplatform (3-5 s) for nothing used here.
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
+    from tfx.orchestration.metadata import sqlite_metadata_connection_config
 
     from pipeline.dag import create_pipeline
     from pipeline.summary import last_run, render
 
     os.makedirs(config.run.pipeline_root, exist_ok=True)
-    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(os.path.abspath(config.metadata_path))
+    connection = sqlite_metadata_connection_config(os.path.abspath(config.metadata_path))
     ok = True
     try:
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, connection))
+        LocalDagRunner().run(create_pipeline(config, connection))
     except Exception as err:  # the summary below still reports what ran; the message says what stopped it
         logging.debug("run failed", exc_info=True)
         print(f"\nRun stopped: {type(err).__name__}: {err}\n")

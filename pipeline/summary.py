@@ -13,6 +13,7 @@ from ml_metadata.metadata_store import metadata_store
 from ml_metadata.proto import metadata_store_pb2
 
 from foundation.config import Config
+from pipeline.component_ids import BASELINE, DATA_GATE, DRIFT_GATE, EVALUATOR, PUSHER, SCENE_EXAMPLE_GEN
 
 
 @dataclass
@@ -84,7 +85,7 @@ def render(config: Config, runs: list[ComponentRun]) -> str:
     lines += ingest_lines(runs)
     names = dict(zip(config.class_ids, config.class_names))
     reports = [json.loads(_string_property(artifact, GATE_REPORT_PROPERTY) or "{}")
-               for artifact in (_output(runs, "DataGate", "training_labels"), _output(runs, "DriftGate", "drift_report"))
+               for artifact in (_output(runs, DATA_GATE, "training_labels"), _output(runs, DRIFT_GATE, "drift_report"))
                if artifact is not None]
     if reports:
         lines.append("Examples per split and class:")
@@ -107,7 +108,7 @@ def ingest_lines(runs: list[ComponentRun]) -> list[str]:
     """What the valid-pixel masks and the split buffer removed, per scene, from SceneExampleGen's report."""
     from components.scene_example_gen import INGEST_REPORT_PROPERTY
 
-    examples = _output(runs, "SceneExampleGen", "examples")
+    examples = _output(runs, SCENE_EXAMPLE_GEN, "examples")
     recorded = _string_property(examples, INGEST_REPORT_PROPERTY) if examples is not None else None
     if not recorded:
         return []
@@ -132,13 +133,13 @@ def evaluation_lines(config: Config, runs: list[ComponentRun]) -> list[str]:
     from components.baseline import BASELINE_SOURCE_PROPERTY
     from models.evaluation import read_evaluation, verdict_lines
 
-    evaluation = _output(runs, "Evaluator", "evaluation")
+    evaluation = _output(runs, EVALUATOR, "evaluation")
     if evaluation is None:
         return ["No model evaluated in this run."]
     result = read_evaluation(evaluation.uri, config)
-    baseline = _output(runs, "PublishedBaseline", "baseline")
+    baseline = _output(runs, BASELINE, "baseline")
     lines = verdict_lines(result, config, _string_property(baseline, BASELINE_SOURCE_PROPERTY) if baseline else None)
-    pushed = _output(runs, "Pusher", "pushed_model")
+    pushed = _output(runs, PUSHER, "pushed_model")
     if pushed is not None and pushed.custom_properties.get("pushed") and pushed.custom_properties["pushed"].int_value:
         lines.append("Pushed: " + _string_property(pushed, "pushed_destination"))
     else:

@@ -6,7 +6,7 @@ import pytest
 
 from components import atomic_pusher
 from components.atomic_pusher import publish_atomically
-from foundation.published import model_versions
+from foundation.published import latest_published, model_versions
 
 
 def _model(tmp_path):
@@ -63,7 +63,7 @@ def test_a_copy_of_a_published_version_is_that_version(tmp_path):
     shutil.copytree(first, reused)
     assert publish_atomically(str(reused), str(serving), version=200) == first
     assert model_versions(str(serving)) == ["100"]
-    assert atomic_pusher.latest_published(str(serving)) == first
+    assert latest_published(str(serving)) == first
 
 
 def test_a_superseded_model_blessed_again_is_published_again(tmp_path):
@@ -74,4 +74,4 @@ def test_a_superseded_model_blessed_again_is_published_again(tmp_path):
     publish_atomically(str(other), str(serving), version=200)
     again = publish_atomically(str(model), str(serving), version=300)
     assert model_versions(str(serving)) == ["100", "200", "300"]
-    assert atomic_pusher.latest_published(str(serving)) == again
+    assert latest_published(str(serving)) == again

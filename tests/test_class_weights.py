@@ -43,7 +43,7 @@ def test_class_missing_from_statistics_counts_zero_and_cannot_be_weighted():
 
 
 def test_label_outside_class_table_is_an_error():
-    with pytest.raises(ClassCountError, match=r"outside the class table.*\[99\]"):
+    with pytest.raises(LabelCountError, match=r"outside the class table.*\[99\]"):
         label_counts(_categorical_statistics(_frame({**COUNTS, 99: 5})), CLASS_IDS)
 
 
@@ -53,7 +53,7 @@ def test_numeric_histogram_accepted_only_when_exact():
     assert numeric.datasets[0].features[0].HasField("num_stats")
     assert label_counts(numeric, CLASS_IDS) == {10: 7, 30: 3, 50: 0, 55: 2, 60: 0, 80: 1}
     # At 800 examples the quantile-interpolated histogram smears one example: refused, not guessed.
-    with pytest.raises(ClassCountError, match="799 of 800.*categorical"):
+    with pytest.raises(LabelCountError, match="799 of 800.*categorical"):
         label_counts(tfdv.generate_statistics_from_dataframe(_frame(COUNTS)), CLASS_IDS)
 
 

@@ -147,7 +147,7 @@ def test_stops_on_drift_from_the_blessed_models_training_data():
 
 
 def test_schema_anomalies_stop_the_run_unless_configured_to_report_only():
-    anomaly = ["ExampleValidator (Split-train): feature 'ms_red': out of range"]
+    anomaly = ["schema anomalies (Split-train): feature 'ms_red': out of range"]
     assert evaluate(CONFIG, splits(BALANCED), anomaly, [], NOT_MEASURED).problems == anomaly
     lenient = CONFIG.replace({"validation.fail_on_schema_anomalies": False})
     assert evaluate(lenient, splits(BALANCED), anomaly, [], NOT_MEASURED).passed
@@ -166,8 +166,8 @@ def test_anomaly_messages_name_feature_and_reason():
     info.severity = anomalies_pb2.AnomalyInfo.ERROR
     info.reason.add(type=anomalies_pb2.AnomalyInfo.FLOAT_TYPE_BIG_FLOAT, short_description="Out-of-range values",
                     description="Unexpectedly large value: 512.")
-    assert anomaly_messages(anomalies, "ExampleValidator (Split-test)") == [
-        "ExampleValidator (Split-test): feature 'lidar_height': Unexpectedly large value: 512."]
+    assert anomaly_messages(anomalies, "schema anomalies (Split-test)") == [
+        "schema anomalies (Split-test): feature 'lidar_height': Unexpectedly large value: 512."]
 
 
 def test_a_nan_in_the_statistics_stops_the_run(train):
@@ -180,9 +180,9 @@ def test_a_nan_in_the_statistics_stops_the_run(train):
     assert not tfdv.validate_statistics(as_list(clean), schema, environment=SERVING).anomaly_info
     with_nan = stream_statistics(statistics(seed=1, faults={"ms_red": one_nan}), LAYOUT.stream_features)
     anomalies = tfdv.validate_statistics(as_list(with_nan), schema, environment=SERVING)
-    report = evaluate(CONFIG, splits(BALANCED), anomaly_messages(anomalies, "ExampleValidator (Split-train)"), [],
+    report = evaluate(CONFIG, splits(BALANCED), anomaly_messages(anomalies, "schema anomalies (Split-train)"), [],
                       NOT_MEASURED)
-    assert report.problems == ["ExampleValidator (Split-train): feature 'ms_red': Float feature has NaN values."]
+    assert report.problems == ["schema anomalies (Split-train): feature 'ms_red': Float feature has NaN values."]
 
 
 def test_ordinary_variation_passes_skew_and_drift(train):

@@ -15,9 +15,10 @@ import tensorflow as tf
 
 from foundation.config import TEST, Config
 from foundation.published import PROBABILITIES, SERVING_SIGNATURE, model_versions
-from foundation.scene_folder import MULTISPECTRAL_FILE
+from foundation.scene_folder import MULTISPECTRAL_FILE, span_folder
 from models.evaluation import read_evaluation
 from models.metrics import argmax_recalls
+from pipeline.component_ids import BASELINE, DRIFT_GATE, EVALUATOR, SCENE_EXAMPLE_GEN, TRAINER, TRANSFORM
 from pipeline.local import run_local
 from pipeline.summary import last_run
 from synth.scenes import generate_sample
@@ -62,7 +63,7 @@ def config(tmp_path_factory):
 @pytest.fixture(scope="module")
 def first_run(config):
     ok = run_local(config)
-    return ok, read_evaluation(output_uri(config, "Evaluator", "evaluation"), config)
+    return ok, read_evaluation(output_uri(config, EVALUATOR, "evaluation"), config)
 
 
 def test_fresh_run_blesses_and_pushes_one_version(config, first_run):
@@ -77,7 +78,7 @@ def test_pushed_model_reproduces_the_evaluators_recalls(config, first_run):
     _, evaluation = first_run
     (version,) = model_versions(config.serving_dir)
     model = tf.saved_model.load(os.path.join(config.serving_dir, version))
-    eval_files = glob.glob(os.path.join(output_uri(config, "SceneExampleGen", "examples"), f"Split-{TEST}", "*.gz"))
+    eval_files = glob.glob(os.path.join(output_uri(config, SCENE_EXAMPLE_GEN, "examples"), f"Split-{TEST}", "*.gz"))
     serialized = np.concatenate([b.numpy() for b in tf.data.TFRecordDataset(eval_files, "GZIP").batch(4096)])
     labels = tf.io.parse_example(serialized, {LABEL: tf.io.FixedLenFeature([], tf.int64)})[LABEL].numpy()
     probabilities = model.signatures[SERVING_SIGNATURE](examples=tf.constant(serialized))[PROBABILITIES].numpy()
@@ -101,7 +102,7 @@ def test_collapsed_model_is_refused_and_the_pushed_version_is_untouched(config, 
     run_local(collapsed)
     summary = capsys.readouterr().out
     assert "NOT BLESSED" in summary and "below its floor" in summary, summary
-    evaluation = read_evaluation(output_uri(collapsed, "Evaluator", "evaluation"), collapsed)
+    evaluation = read_evaluation(output_uri(collapsed, EVALUATOR, "evaluation"), collapsed)
     assert evaluation.majority_prediction_share > 0.95
     assert not evaluation.blessed
     assert any(recall < config.gate.min_class_recall for recall in evaluation.per_class_recall.values())
@@ -109,7 +110,7 @@ def test_collapsed_model_is_refused_and_the_pushed_version_is_untouched(config, 
     assert model_versions(config.serving_dir) == [version]
     assert tree_digest(os.path.join(config.serving_dir, version)) == before
     # The new model was compared with the published one (the baseline is a copy of it), not with itself.
-    assert tree_digest(os.path.join(output_uri(collapsed, "PublishedBaseline", "baseline"), "Format-Serving")) == before
+    assert tree_digest(os.path.join(output_uri(collapsed, BASELINE, "baseline"), "Format-Serving")) == before
 
 
 def test_drifted_span_is_stopped_before_transform(config, first_run, capsys):
@@ -117,8 +118,8 @@ def test_drifted_span_is_stopped_before_transform(config, first_run, capsys):
     generate_sample(config.run.data_root, Config(), spans=2, scenes_per_span=4, seed=1, shifted_span=2)
     assert not run_local(config)
     found = states(config)
-    assert found["DriftGate"] == "FAILED"
-    assert "Transform" not in found and "Trainer" not in found
+    assert found[DRIFT_GATE] == "FAILED"
+    assert TRANSFORM not in found and TRAINER not in found
     out = capsys.readouterr().out
     assert "last blessed model's training data vs this span's training data" in out
     assert model_versions(config.serving_dir) == versions
@@ -128,8 +129,8 @@ def test_a_span_with_its_red_band_in_another_scale_is_stopped_before_transform(c
     """The newest span is span 1 again, but delivered with its red band a tenth of the scale: labels unchanged."""
     versions = model_versions(config.serving_dir)
     red = config.streams.multispectral_bands.index("red") + 1
-    for scene in sorted(glob.glob(os.path.join(config.run.data_root, "span-0001", "*"))):
-        target = os.path.join(config.run.data_root, "span-0009", os.path.basename(scene))
+    for scene in sorted(glob.glob(os.path.join(config.run.data_root, span_folder(1), "*"))):
+        target = os.path.join(config.run.data_root, span_folder(9), os.path.basename(scene))
         os.makedirs(target)
         for name in os.listdir(scene):
             with open(os.path.join(scene, name), "rb") as source, open(os.path.join(target, name), "wb") as copy:
@@ -139,8 +140,8 @@ def test_a_span_with_its_red_band_in_another_scale_is_stopped_before_transform(c
     capsys.readouterr()
     assert not run_local(config)
     found = states(config)
-    assert found["DriftGate"] == "FAILED", found
-    assert "Transform" not in found and "Trainer" not in found
+    assert found[DRIFT_GATE] == "FAILED", found
+    assert TRANSFORM not in found and TRAINER not in found
     out = capsys.readouterr().out
     assert "ms_red" in out, out
     assert model_versions(config.serving_dir) == versions
