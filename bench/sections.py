@@ -1,4 +1,4 @@
-"""The five measurements of the bench. Each returns plain data (JSON-ready); bench/report.py renders it.
+"""The six measurements of the bench. Each returns plain data (JSON-ready); bench/report.py renders it.
 
 Sample data and pipeline runs are shared between sections through `Bench`: the 1x pipeline run is the
 pipeline section, the first scaling point and the floor's first comparison, measured once.
@@ -15,9 +15,9 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.floor import scene_folders
-from bench.measure import ProcessMeasure, run_floor, run_pipelines
+from bench.measure import BenchError, ProcessMeasure, run_floor, run_pipelines
 from bench.report import weakest
-from bench.settings import RETRAIN_SEED_OFFSET, Settings
+from bench.settings import RETRAIN_SEED_OFFSET, UNSEEN, UNSEEN_SEED_OFFSET, Settings
 from bench.worker import CLASS_DROP, EXAMPLES, FLOOR, MACRO_DROP, MAJORITY_EXCESS, record
 from components.scene_example_gen import scene_examples
 from components.scenes import load_scene
@@ -396,5 +396,64 @@ def _aggregate(cell: dict[str, str], runs: list[dict[str, Any]]) -> dict[str, An
     }
 
 
+def quality(bench: Bench) -> dict[str, Any]:
+    """Issue 11: the CNN of each stream mode against pixel baselines trained on the same training examples, judged
+    on the pipeline's test split and on scenes the pipeline never saw (another generator seed, every labelled pixel
+    with a valid window), per seed (synthetic data seed and model.seed). The three CNNs share one pipeline root per
+    seed, so ingestion, statistics and Transform run once; each is scored whether or not the gate blessed it."""
+    from bench.pixel_baselines import BASELINES, centre_pixels, fit, pixel_features, predict, recalls
+    from bench.scoring import model_recalls, split_examples, unseen_examples
+
+    settings, base = bench.settings, bench.base_config()
+    per_seed = []
+    for seed in range(settings.seeds):
+        data = bench.sample(settings.scenes, settings.scene_side, seed)
+        unseen = bench.sample(settings.scenes, settings.scene_side, UNSEEN_SEED_OFFSET + seed)
+        root = bench.work / "quality" / f"seed-{seed}"
+        configs = [base.replace({"model.streams": mode, "model.seed": seed, "run.data_root": str(data),
+                                 "run.pipeline_root": str(root), "run.serving_dir": str(root / "serving" / mode)})
+                   for mode in STREAMS_BY_MODE]
+        progress("quality", f"seed {seed}: the CNN of each stream mode ({', '.join(STREAMS_BY_MODE)}) ...")
+        measure, results = run_pipelines(configs, bench.work, f"quality-seed{seed}", record=True)
+        sets = {TEST: split_examples(root, TEST), UNSEEN: unseen_examples(unseen, base)}
+        scores = {}
+        for mode, result in zip(STREAMS_BY_MODE, results):
+            if result["model_dir"] is None:
+                raise BenchError(f"quality, seed {seed}: no {mode} model was trained (see the worker's log)")
+            scores[f"cnn {mode}"] = {name: model_recalls(result["model_dir"], *examples, base)
+                                     for name, examples in sets.items()}
+        train_values, train_labels = centre_pixels(split_examples(root, TRAIN)[0], base)
+        values = {name: centre_pixels(serialized, base) for name, (serialized, _) in sets.items()}
+        for baseline in BASELINES:
+            for mode, streams in STREAMS_BY_MODE.items():
+                model = fit(baseline, pixel_features(train_values, base, streams), train_labels, seed)
+                scores[f"{baseline} {mode}"] = {
+                    name: recalls(labels, predict(model, pixel_features(features, base, streams)), base)
+                    for name, (features, labels) in values.items()}
+        unseen_counts = np.bincount(base.class_indices(sets[UNSEEN][1]), minlength=len(base.class_ids))
+        progress("quality", f"  {measure.seconds:.1f} s; unseen macro recall: " + ", ".join(
+            f"{name} {np.mean(score[UNSEEN]):.3f}" for name, score in scores.items()))
+        per_seed.append({"seed": seed, "process_seconds": measure.seconds, "scores": scores,
+                         "examples": {name: len(labels) for name, (_, labels) in sets.items()},
+                         "unseen_class_counts": dict(zip(base.class_names, unseen_counts.tolist()))})
+    models = list(per_seed[0]["scores"])
+    return {
+        "seeds": settings.seeds,
+        "unseen_seed_offset": UNSEEN_SEED_OFFSET,
+        "classes": list(base.class_names),
+        "stream_modes": {mode: list(streams) for mode, streams in STREAMS_BY_MODE.items()},
+        "baselines": list(BASELINES),
+        "models": {name: {split: {"per_class_recall": {c: _spread([seed["scores"][name][split][i] for seed in per_seed])
+                                                       for i, c in enumerate(base.class_names)},
+                                  "macro_recall": _spread([float(np.mean(seed["scores"][name][split]))
+                                                           for seed in per_seed]),
+                                  "worst_class_recall": _spread([float(np.min(seed["scores"][name][split]))
+                                                                 for seed in per_seed])}
+                          for split in (TEST, UNSEEN)}
+                   for name in models},
+        "per_seed": per_seed,
+    }
+
+
 SECTION_FUNCTIONS = {"ingest": ingest, "pipeline": pipeline, "scaling": scaling, "floor": floor,
-                     "ablations": ablations}
+                     "ablations": ablations, "quality": quality}

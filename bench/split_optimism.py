@@ -16,11 +16,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+from foundation.environment import prepare_tensorflow
+
+prepare_tensorflow()  # `python -m bench.split_optimism` is an entry point: the switch goes before TensorFlow loads
+
 import numpy as np
 
+from bench.scoring import model_recalls, split_examples, unseen_examples
 from foundation.config import PROJECT_DIR, TEST, VALIDATION, Config
-from foundation.environment import prepare_tensorflow
-from foundation.scene_folder import SPAN_PREFIX
+from pipeline.component_ids import EVALUATOR
 
 UNSEEN_SEED = 100
 OLD_COMMIT = "92daea8"  # the last commit before issue 9: two splits, no masks, no buffer
@@ -36,7 +40,7 @@ def _gate_recalls(pipeline_root: Path, config: Config) -> list[float]:
     """The argmax recall per class index that the run's Evaluator judged."""
     import tensorflow_model_analysis as tfma
 
-    (evaluation,) = sorted(pipeline_root.glob("Evaluator/evaluation/*"))
+    (evaluation,) = sorted(pipeline_root.glob(f"{EVALUATOR}/evaluation/*"))
     (overall,) = [m for m in tfma.load_metrics(str(evaluation)) if not m.slice_key.single_slice_keys]
     recalls = {item.key.sub_key.class_id.value: item.value.double_value.value
                for item in overall.metric_keys_and_values
@@ -45,46 +49,7 @@ def _gate_recalls(pipeline_root: Path, config: Config) -> list[float]:
     return [recalls[k] for k in range(len(config.class_ids))]
 
 
-def _recalls(model_dir: str, serialized: list[bytes], labels: np.ndarray, config: Config) -> list[float]:
-    import tensorflow as tf
-
-    from foundation.published import PROBABILITIES, SERVING_SIGNATURE
-    from models.metrics import argmax_recalls
-
-    serve = tf.saved_model.load(model_dir).signatures[SERVING_SIGNATURE]
-    probabilities = np.concatenate([serve(examples=tf.constant(serialized[i:i + 4096]))[PROBABILITIES].numpy()
-                                    for i in range(0, len(serialized), 4096)])
-    return argmax_recalls(np.searchsorted(config.class_ids, labels), probabilities, len(config.class_ids)).tolist()
-
-
-def _unseen_examples(data_root: Path, config: Config) -> tuple[list[bytes], np.ndarray]:
-    """Every labelled pixel with a valid window in every stream, of every scene, as serving would get them."""
-    from components.patches import encode_examples
-    from components.scene_example_gen import sample_scene
-
-    everything = config.replace({"ingest.max_per_class": 0})
-    serialized, labels = [], []
-    for scene in sorted(p for p in data_root.glob(f"{SPAN_PREFIX}*/*") if p.is_dir()):
-        rasters, rows, cols, _ = sample_scene(str(scene), everything)
-        serialized += encode_examples(rasters, rows, cols, everything)
-        labels.append(rasters.labels[rows, cols])
-    return serialized, np.concatenate(labels)
-
-
-def _split_examples(pipeline_root: Path, split: str) -> tuple[list[bytes], np.ndarray]:
-    import tensorflow as tf
-
-    from transforms.features import LABEL
-
-    (examples,) = sorted(pipeline_root.glob("SceneExampleGen/examples/*"))
-    files = sorted(str(f) for f in (examples / f"Split-{split}").glob("*.gz"))
-    serialized = [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
-    labels = tf.io.parse_example(serialized, {LABEL: tf.io.FixedLenFeature([], tf.int64)})[LABEL].numpy()
-    return serialized, labels
-
-
 def main(argv: list[str] | None = None) -> int:
-    prepare_tensorflow()
     parser = argparse.ArgumentParser(prog="python -m bench.split_optimism", description=__doc__.splitlines()[0])
     parser.add_argument("--old-commit", default=OLD_COMMIT)
     parser.add_argument("--work", type=Path, default=Path("/tmp/terrafuse-split-optimism"))
@@ -112,13 +77,13 @@ def main(argv: list[str] | None = None) -> int:
             subprocess.run([sys.executable, "-c", "import sys; from pipeline.cli import main; sys.exit(main())",
                             "run", "--data-root", str(data_root), "--pipeline-root", str(root), *options],
                            cwd=code, env={**os.environ, "PYTHONPATH": str(code)}, check=True)
-    serialized, labels = _unseen_examples(unseen, config)
+    serialized, labels = unseen_examples(unseen, config)
     result = {"unseen_patches": len(labels), "classes": list(config.class_names)}
     for name, (_, root, _, _) in runs.items():
         result[name] = {"gate_split": _gate_recalls(root, config),
-                        "unseen": _recalls(_pushed(root), serialized, labels, config)}
+                        "unseen": model_recalls(_pushed(root), serialized, labels, config)}
     for split in (VALIDATION, TEST):
-        result["new"][split] = _recalls(_pushed(work / "new"), *_split_examples(work / "new", split), config)
+        result["new"][split] = model_recalls(_pushed(work / "new"), *split_examples(work / "new", split), config)
     (work / "split_optimism.json").write_text(json.dumps(result, indent=1))
     print(f"| model | split | {' | '.join(config.class_names)} | macro |")
     print("|---" * (len(config.class_names) + 3) + "|")

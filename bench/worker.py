@@ -79,14 +79,15 @@ def _maxrss_mib(who: int) -> float:
 
 def record(config: Config) -> dict[str, Any]:
     """The newest run under the config's pipeline root: components with state and seconds, ingestion's report,
-    the gate's label counts, the training record, the baseline the Evaluator compared with, the evaluation with
-    the kind of each failed check, and whether the model was pushed."""
+    the gate's label counts, the training record and the trained model's folder, the baseline the Evaluator
+    compared with, the evaluation with the kind of each failed check, and whether the model was pushed."""
     runs = last_run(config)
     result: dict[str, Any] = {
         "components": [{"node": r.node, "state": r.state, "seconds": r.seconds} for r in runs],
         "ingest_report": None,
         "label_counts": None,
         "training": None,
+        "model_dir": None,
         "baseline": None,
         "evaluation": None,
         "failed_checks": None,
@@ -100,7 +101,8 @@ def record(config: Config) -> dict[str, Any]:
         result["label_counts"] = json.loads(gate)["label_counts"]
     model = _artifact(runs, TRAINER, "model")
     if model is not None:
-        training = read_training_record(path_utils.serving_model_path(model.uri))
+        result["model_dir"] = path_utils.serving_model_path(model.uri)
+        training = read_training_record(result["model_dir"])
         result["training"] = {key: training.get(key) for key in ("epochs_run", "best_epoch", "label_counts", "seconds")}
     baseline = _artifact(runs, BASELINE, "baseline")
     if baseline is not None:

@@ -13,7 +13,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import yaml
 
@@ -202,6 +202,12 @@ class Config:
     @property
     def class_names(self) -> tuple[str, ...]:
         return tuple(c.name for c in self.classes)
+
+    def class_indices(self, class_ids: Iterable[int]) -> list[int]:
+        """Positions in the class table (what the model's outputs are indexed by); -1 for an id outside it. The
+        table need not be sorted by id."""
+        index = {class_id: i for i, class_id in enumerate(self.class_ids)}
+        return [index.get(int(class_id), -1) for class_id in class_ids]
 
     @property
     def class_recall_floors(self) -> tuple[float, ...]:

@@ -1,7 +1,8 @@
 """The benchmark harness. Smoke test (slow): a quick run of every section (tiny data, one epoch; sizes 1x and 2x,
-no multi_processing run; the two essential ablation cells and the retrained full model for one seed) writes
-results.md and results.json with every table cell filled; the numbers of a quick run mean nothing and are not checked. Unit tests: a partial
-run keeps the other sections' record, how a failed gate check is named, and the limits a cell is checked against.
+no multi_processing run; the two essential ablation cells and the retrained full model for one seed; the three
+stream modes' CNNs and the pixel baselines for one seed) writes results.md and results.json with every table cell
+filled; the numbers of a quick run mean nothing and are not checked. Unit tests: a partial run keeps the other
+sections' record, how a failed gate check is named, and the limits a cell is checked against.
 """
 import json
 import math
@@ -20,7 +21,7 @@ from foundation.config import Config
 from models.evaluation import gate_checks
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE_SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations")
+SMOKE_SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations", "quality")
 # The only nulls results.json may hold: the macro recall change of an evaluation without a baseline, and the class
 # of a failed gate check on the whole test set (macro drop, majority excess).
 NULLABLE = {"macro_recall_change", "class"}
@@ -67,7 +68,14 @@ def test_results_json_has_every_section_and_number(out_dir):
     assert seed["full_published"] and not seed["runs"][0]["baseline"]["comparable"]
     for run in seed["runs"][1:] + [seed["retrained"]]:
         assert run["baseline_is_full_model"], run
-    assert {row["issue"] for row in results["targets"]} == {2, 3, 5, 9}
+    quality = results["quality"]
+    assert set(quality["models"]) == {f"{kind} {mode}" for kind in ("cnn", *quality["baselines"])
+                                      for mode in ("fused", "multispectral", "lidar")}
+    for splits in quality["models"].values():
+        assert set(splits) == {"test", "unseen"}
+        for scores in splits.values():
+            assert set(scores["per_class_recall"]) == set(quality["classes"])
+    assert {row["issue"] for row in results["targets"]} == {2, 3, 5, 9, 11}
     assert all(isinstance(row["passed"], bool) for row in results["targets"])
 
 

@@ -41,3 +41,8 @@ def test_bad_file_names_the_file(tmp_path):
     path.write_text("modle:\n  epochs: 3\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config section 'modle'"):
         load_config(str(path))
+
+
+def test_class_indices_follow_the_table_not_the_id_order():
+    config = Config().replace({"classes": [{"id": 7, "name": "a"}, {"id": 2, "name": "b"}, {"id": 5, "name": "c"}]})
+    assert config.class_indices([2, 7, 5, 99, 7]) == [1, 0, 2, -1, 0]
