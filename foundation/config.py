@@ -125,6 +125,9 @@ class ModelConfig:
     branch_filters: tuple[int, ...] = (32, 64)
     fused_filters: int = 64
     dense_units: int = 64
+    # The centre pixel's own values of every stream join the pooled features before the dense layers: pooling
+    # over the window blurs the pixel being classified (issue 11).
+    centre_pixel_path: bool = True
     dropout: float = 0.2
     learning_rate: float = 2e-3
     batch_size: int = 128

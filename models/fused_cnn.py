@@ -56,6 +56,11 @@ def build_model(config: Config) -> tf_keras.Model:
     x = tf_keras.layers.Conv2D(config.model.fused_filters, 3, padding="same", activation="relu",
                                kernel_initializer=_kernel(seeds), name="fused_conv")(x)
     x = tf_keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    if config.model.centre_pixel_path:
+        margin = lay.patch_size // 2
+        centres = [tf_keras.layers.Flatten(name=f"{s}_centre")(
+            tf_keras.layers.Cropping2D(margin, name=f"{s}_centre_crop")(inputs[s])) for s in streams]
+        x = tf_keras.layers.Concatenate(name="pooled_and_centre")([x, *centres])
     x = tf_keras.layers.Dense(config.model.dense_units, activation="relu",
                               kernel_initializer=_kernel(seeds), name="dense")(x)
     x = tf_keras.layers.Dropout(config.model.dropout, seed=next(seeds), name="dropout")(x)

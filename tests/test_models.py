@@ -13,6 +13,7 @@ import tensorflow as tf
 import tensorflow_model_analysis as tfma
 import tensorflow_transform as tft
 import tensorflow_transform.beam as tft_beam
+import tf_keras
 from tensorflow_transform.tf_metadata import dataset_metadata
 from tfx.components.trainer.fn_args_utils import FnArgs
 
@@ -67,6 +68,24 @@ def test_each_streams_mode_has_its_inputs(streams):
     for tensor in model.inputs:
         assert tuple(tensor.shape[1:]) == lay.stream_shape(tensor.name.split(":")[0])
     assert model(_random_inputs(config, model), training=False).shape == (4, len(config.class_ids))
+
+
+@pytest.mark.parametrize("streams", ["fused", "multispectral", "lidar"])
+def test_centre_pixel_path_carries_exactly_the_centre_values(streams):
+    """The pixel being classified reaches the dense layers unblurred: its own values of every stream, and only
+    those (changing any other pixel of the window leaves them as they are)."""
+    config = CONFIG.replace({"model.streams": streams})
+    model = build_model(config)
+    inputs = _random_inputs(config, model)
+    centre = layout(config).patch_size // 2
+    for stream in STREAMS_BY_MODE[streams]:
+        path = tf_keras.Model(model.inputs, model.get_layer(f"{stream}_centre").output)
+        np.testing.assert_array_equal(path(inputs).numpy(), inputs[stream][:, centre, centre, :])
+        edited = {name: tensor.copy() for name, tensor in inputs.items()}
+        edited[stream][:, 0, 0, :] += 1.0
+        np.testing.assert_array_equal(path(edited).numpy(), path(inputs).numpy())
+    without = build_model(config.replace({"model.centre_pixel_path": False}))
+    assert not any(layer.name.endswith("_centre") for layer in without.layers)
 
 
 def test_no_normalisation_inside_the_model():
