@@ -128,6 +128,8 @@ class ModelConfig:
     # The centre pixel's own values of every stream join the pooled features before the dense layers: pooling
     # over the window blurs the pixel being classified (issue 11).
     centre_pixel_path: bool = True
+    # Training patches under a random one of the square's 8 rotations and reflections (models/augmentation.py).
+    augment: bool = True
     dropout: float = 0.2
     learning_rate: float = 2e-3
     batch_size: int = 128

@@ -44,6 +44,7 @@ from foundation.config import SPLITS, TRAIN, Config
 from foundation.published import (CLASS_ID, CLASS_INDEX, PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE,
                                   TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRAINING_KEY, TRANSFORM_SIGNATURE,
                                   reusable_model, training_key, write_training_record)
+from models.augmentation import random_symmetries
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
@@ -82,7 +83,7 @@ def run_fn(fn_args) -> None:
     transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     streams = STREAMS_BY_MODE[config.model.streams]
     train = _dataset(fn_args.train_files, transform_output, config, streams,
-                     shuffle_buffer=min(sum(counts[TRAIN].values()), MAX_SHUFFLE_BUFFER))
+                     shuffle_buffer=min(sum(counts[TRAIN].values()), MAX_SHUFFLE_BUFFER), augment=config.model.augment)
     validation = _dataset(fn_args.eval_files, transform_output, config, streams, shuffle_buffer=0)
 
     model = build_model(config)
@@ -154,8 +155,9 @@ def _model_inputs(features: dict[str, tf.Tensor], config: Config, streams) -> di
 
 
 def _dataset(file_patterns, transform_output: tft.TFTransformOutput, config: Config, streams,
-             shuffle_buffer: int) -> tf.data.Dataset:
-    """(features, label index) batches from gzipped transformed TFRecords.
+             shuffle_buffer: int, augment: bool = False) -> tf.data.Dataset:
+    """(features, label index) batches from gzipped transformed TFRecords; with `augment`, each patch under a
+    random rotation or reflection.
 
     Serialized records are cached and (for training) shuffled across the split (up to MAX_SHUFFLE_BUFFER)
     before batching: examples arrive grouped by scene, and a short buffer would feed batches of one scene.
@@ -169,7 +171,8 @@ def _dataset(file_patterns, transform_output: tft.TFTransformOutput, config: Con
 
     def parse(serialized):
         parsed = tf.io.parse_example(serialized, spec)
-        return _model_inputs(parsed, config, streams), parsed[LABEL_INDEX]
+        inputs = _model_inputs(parsed, config, streams)
+        return (random_symmetries(inputs, config.model.seed) if augment else inputs), parsed[LABEL_INDEX]
 
     records = tf.data.TFRecordDataset(files, compression_type="GZIP").cache()
     if shuffle_buffer:

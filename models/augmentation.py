@@ -1,0 +1,23 @@
+"""Rotations and reflections of training patches: terrain has no "up", so each of the square's 8 symmetries of a
+patch is as real as the patch itself. Every stream of an example gets the same one (the streams are co-registered),
+and the label is never touched: the centre pixel, the one being classified, stays where it is."""
+from __future__ import annotations
+
+import tensorflow as tf
+
+SYMMETRIES = 8  # 4 rotations by 90 degrees, each with or without a left-right flip
+
+
+def symmetry(patches: tf.Tensor, index: int) -> tf.Tensor:
+    """Symmetry `index` (0: identity) of a batch of patches [N, P, P, C]."""
+    rotated = tf.image.rot90(patches, k=index % 4)
+    return tf.image.flip_left_right(rotated) if index >= 4 else rotated
+
+
+def random_symmetries(inputs: dict[str, tf.Tensor], seed: int) -> dict[str, tf.Tensor]:
+    """Each example of a batch {stream: [N, P, P, C]} under one symmetry drawn for it, the same for every stream."""
+    batch = tf.shape(next(iter(inputs.values())))[0]
+    drawn = tf.random.uniform([batch], 0, SYMMETRIES, dtype=tf.int32, seed=seed)
+    return {name: tf.gather(tf.stack([symmetry(patches, i) for i in range(SYMMETRIES)], axis=1), drawn,
+                            axis=1, batch_dims=1)
+            for name, patches in inputs.items()}
