@@ -27,7 +27,9 @@ from transforms.features import LABEL
 pytestmark = pytest.mark.slow
 
 # A learning rate this large kills every ReLU in the first steps: the model predicts one class whatever the input.
-COLLAPSE = {"model.learning_rate": 30.0, "model.epochs": 2}
+# A diverging learning rate collapses the model without the centre-pixel path and augmentation; with them, the same
+# two epochs at 30.0 still gave a model the gate blessed (measured at f89b26f), so they are switched off here.
+COLLAPSE = {"model.learning_rate": 30.0, "model.epochs": 2, "model.centre_pixel_path": False, "model.augment": False}
 
 
 def states(config):
