@@ -1,12 +1,13 @@
 """The package layering (README, "Architecture"): every import goes to the same layer or one below, no module
 imports itself round a circle, and what the Trainer's reuse fingerprint and the image rely on exists."""
 import ast
-import os
 import re
 from pathlib import Path
 
+import pytest
+
 from foundation.config import PROJECT_DIR
-from foundation.environment import TENSORFLOW_ENVIRONMENT
+from foundation.environment import TENSORFLOW_ENVIRONMENT, prepare_tensorflow
 from pipeline.dag import TRAINING_CODE
 
 # Lowest first. Packages of one layer may import each other; nothing imports a layer above its own.
@@ -123,4 +124,15 @@ def test_no_package_sets_the_environment_on_import():
             touched = [node for node in ast.walk(ast.parse(init.read_text()))
                        if isinstance(node, ast.Attribute) and node.attr in ("environ", "putenv")]
             assert touched == [], f"{init} changes the environment on import"
-    assert os.environ.get("TF_USE_LEGACY_KERAS") == "1"  # conftest called prepare_tensorflow
+
+
+def test_the_switch_is_refused_once_tensorflow_loaded_without_it(monkeypatch):
+    """TensorFlow is loaded in this process: a switch set now would be ignored, so it is an error, not a no-op."""
+    import tensorflow  # noqa: F401
+
+    (name,) = TENSORFLOW_ENVIRONMENT
+    monkeypatch.setenv(name, "0")
+    with pytest.raises(RuntimeError, match=f"{name}.*before importing TensorFlow"):
+        prepare_tensorflow()
+    monkeypatch.setenv(name, TENSORFLOW_ENVIRONMENT[name])
+    prepare_tensorflow()
