@@ -373,6 +373,10 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"ingest.patch_size must be odd (the labelled pixel is its centre), got {config.ingest.patch_size}")
     if config.ingest.block_size < config.ingest.patch_size:
         raise ConfigError("ingest.block_size must be at least ingest.patch_size")
+    if convolved_patch_side(config) < 1:
+        raise ConfigError(f"ingest.patch_size {config.ingest.patch_size} is too small for the model: "
+                          f"{len(config.model.branch_filters)} branch convolutions and the fused one (3x3, valid) "
+                          f"need at least {config.ingest.patch_size - convolved_patch_side(config) + 1}")
     if "{SPAN" in config.ingest.split_pattern and "{SPAN:" not in config.ingest.split_pattern:
         raise ConfigError("ingest.split_pattern must give the span width, e.g. span-{SPAN:4}: a bare {SPAN} "
                           "resolves span-0001 as span-1 and matches nothing")
@@ -402,3 +406,8 @@ def _validate(config: Config) -> None:
             _fraction(f"classes[{terrain_class.name}].min_recall", terrain_class.min_recall)
     _choice("run.direct_running_mode", config.run.direct_running_mode,
             ("in_memory", "multi_threading", "multi_processing"))
+
+
+def convolved_patch_side(config: Config) -> int:
+    """What the CNN's valid 3x3 convolutions (each branch's, then the fused one) leave of a patch's side."""
+    return config.ingest.patch_size - 2 * (len(config.model.branch_filters) + 1)

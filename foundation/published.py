@@ -4,8 +4,9 @@
                   assets.extra/terrafuse_training.json   the training record (TRAINING_RECORD_PATH)
                   assets.extra/terrafuse_source.txt      the model folder it was published from (SOURCE_MARKER)
 
-Signatures, both on serialized raw tf.Examples: `serving_default` (no label needed) gives probabilities [N, K],
-class_index and class_id [N]; `transform_features` (with label) gives the Transform outputs the Evaluator reads.
+Signatures: on serialized raw tf.Examples, `serving_default` (no label needed) gives probabilities [N, K],
+class_index and class_id [N], and `transform_features` (with label) gives the Transform outputs the Evaluator reads;
+`map_tile` (MAP_SIGNATURE) classifies every window of a raw tile at once, for mapping whole scenes.
 The record holds the class table, label counts per split, the data's provenance, the training split's feature
 statistics, class weights, the config and the training key that decides reuse (see models/trainer.py).
 
@@ -25,12 +26,16 @@ SERVING_INPUT = "examples"
 PROBABILITIES = "probabilities"
 CLASS_INDEX = "class_index"
 CLASS_ID = "class_id"
+# Whole tiles of raw per-pixel values (float32 [H, W, F], F the stream features in layout order, no NaN) ->
+# PROBABILITIES [H - P + 1, W - P + 1, K], entry [i, j] for the patch centred on tile pixel (i + P//2, j + P//2).
+MAP_SIGNATURE = "map_tile"
+MAP_INPUT = "tile"
 
 TRAINING_RECORD_PATH = os.path.join("assets.extra", "terrafuse_training.json")
 TRAINING_DATA_KEY = "data"  # the data's provenance: {"span", "input_fingerprint"}
 TRAIN_STATISTICS_KEY = "train_statistics"  # base64 DatasetFeatureStatistics of the training split's features
 TRAINING_KEY = "training_key"
-# Inside each published version: the model it was copied from, so a rerun never publishes a model twice.
+# Inside each published version: the model it was copied from, so a rerun never publishes a model again.
 SOURCE_MARKER = os.path.join("assets.extra", "terrafuse_source.txt")
 
 
@@ -67,15 +72,13 @@ def write_source_marker(version_dir: str, source: str) -> None:
         f.write(source)
 
 
-def serving_version_of(model_dir: str, serving_dir: str) -> str | None:
-    """The newest version, if it is this model: then there is nothing to publish."""
-    latest = latest_published(serving_dir)
-    marker = os.path.join(latest, SOURCE_MARKER) if latest else None
-    if marker and os.path.exists(marker):
-        with open(marker) as f:
-            if f.read() == model_source(model_dir):
-                return latest
-    return None
+def published_source(version_dir: str) -> str | None:
+    """The model folder a published version was copied from (its SOURCE_MARKER); None for one pushed by hand."""
+    marker = os.path.join(version_dir, SOURCE_MARKER)
+    if not os.path.exists(marker):
+        return None
+    with open(marker) as f:
+        return f.read()
 
 
 def write_training_record(model_dir: str, record: dict[str, Any]) -> None:

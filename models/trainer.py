@@ -16,11 +16,13 @@ the same training config, the Trainer copies it instead of fitting (the compiled
 every time, `_ingest_every_run` in pipeline/kfp_compile.py, so KFP's cache cannot skip the Trainer;
 LocalDagRunner's cache usually does first).
 
-The exported SavedModel has two signatures, both on serialized raw tf.Examples:
+The exported SavedModel has three signatures, the first two on serialized raw tf.Examples:
 - `serving_default` (examples without label or metadata) -> probabilities [N, K], class_index and
   class_id [N]; it runs the Transform graph itself, so TF Serving needs nothing else.
 - `transform_features` (examples with label) -> Transform outputs; the Evaluator uses it to get the
   label index (see models/evaluation.py).
+- `map_tile` (raw tile of per-pixel values) -> probabilities of every window in it: the same Transform graph and
+  weights run over the tile by `tile_model`, for `pipeline/predict.py` (contract in foundation/published.py).
 The training record (foundation/published.py: where it lives, what it holds, the reuse key) goes into
 `assets.extra/` beside the model.
 """
@@ -41,12 +43,12 @@ import tf_keras
 from tfx.utils import io_utils
 
 from foundation.config import SPLITS, TRAIN, Config
-from foundation.published import (CLASS_ID, CLASS_INDEX, PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE,
-                                  TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRAINING_KEY, TRANSFORM_SIGNATURE,
-                                  reusable_model, training_key, write_training_record)
+from foundation.published import (CLASS_ID, CLASS_INDEX, MAP_INPUT, MAP_SIGNATURE, PROBABILITIES, SERVING_INPUT,
+                                  SERVING_SIGNATURE, TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRAINING_KEY,
+                                  TRANSFORM_SIGNATURE, reusable_model, training_key, write_training_record)
 from models.augmentation import random_symmetries
 from models.class_weights import class_weights
-from models.fused_cnn import STREAMS_BY_MODE, build_model
+from models.fused_cnn import STREAMS_BY_MODE, build_model, tile_model
 from models.metrics import argmax_recalls
 from transforms.features import LABEL_INDEX, layout, raw_feature_spec
 
@@ -204,6 +206,24 @@ def export_serving_model(model: tf_keras.Model, transform_output: tft.TFTransfor
     def transform_features(examples):
         return model.tft_layer(tf.io.parse_example(examples, evaluation_spec))
 
+    lay = layout(config)
+    tiles = tile_model(model, config)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, len(lay.stream_features)], tf.float32, name=MAP_INPUT)])
+    def map_tile(tile):
+        """The Transform graph takes [n, P*P] per feature and normalises value by value, so the tile's pixels go
+        through it in rows of P*P and come back in the same order."""
+        height, width = tf.shape(tile)[0], tf.shape(tile)[1]
+        pixels = height * width
+        rows = (pixels + lay.patch_values - 1) // lay.patch_values
+        values = tf.pad(tf.reshape(tile, [pixels, len(lay.stream_features)]),
+                        [[0, rows * lay.patch_values - pixels], [0, 0]])
+        transformed = model.tft_layer({name: tf.reshape(values[:, i], [rows, lay.patch_values])
+                                       for i, name in enumerate(lay.stream_features)})
+        on_tile = {s: tf.reshape(tf.reshape(transformed[s], [-1, lay.stream_shape(s)[-1]])[:pixels],
+                                 [1, height, width, lay.stream_shape(s)[-1]]) for s in streams}
+        return {PROBABILITIES: tiles(on_tile, training=False)[0]}
+
     model.save(serving_model_dir, save_format="tf", include_optimizer=False,
-               signatures={SERVING_SIGNATURE: serve, TRANSFORM_SIGNATURE: transform_features})
+               signatures={SERVING_SIGNATURE: serve, TRANSFORM_SIGNATURE: transform_features, MAP_SIGNATURE: map_tile})
     write_training_record(serving_model_dir, training_record)

@@ -18,13 +18,13 @@ from tensorflow_transform.tf_metadata import dataset_metadata
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components.atomic_pusher import publish_atomically
-from foundation.config import TEST, TRAIN, VALIDATION, Config
-from foundation.published import (CLASS_ID, CLASS_INDEX, PROBABILITIES, SERVING_INPUT, SERVING_SIGNATURE,
-                                  TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRANSFORM_SIGNATURE, read_training_record,
-                                  reusable_model, training_key)
+from foundation.config import TEST, TRAIN, VALIDATION, Config, ConfigError
+from foundation.published import (CLASS_ID, CLASS_INDEX, MAP_INPUT, MAP_SIGNATURE, PROBABILITIES, SERVING_INPUT,
+                                  SERVING_SIGNATURE, TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRANSFORM_SIGNATURE,
+                                  read_training_record, reusable_model, training_key)
 from models import trainer as trainer_module
 from models.evaluation import eval_config, read_evaluation
-from models.fused_cnn import STREAMS_BY_MODE, build_model
+from models.fused_cnn import STREAMS_BY_MODE, build_model, tile_model
 from models.metrics import argmax_recalls
 from models.trainer import export_serving_model, run_fn
 from transforms.features import (BLOCK_ID, COL, LABEL, LABEL_INDEX, LIDAR, MULTISPECTRAL, ROW, SCENE_ID, layout,
@@ -32,7 +32,7 @@ from transforms.features import (BLOCK_ID, COL, LABEL, LABEL_INDEX, LIDAR, MULTI
 from transforms.preprocessing import preprocessing_fn
 
 CONFIG = Config().replace({
-    "ingest.patch_size": 3, "model.branch_filters": [8], "model.fused_filters": 8, "model.dense_units": 16,
+    "ingest.patch_size": 5, "model.branch_filters": [8], "model.fused_filters": 8, "model.dense_units": 16,
     "model.epochs": 6, "model.batch_size": 32, "model.learning_rate": 0.01, "model.class_weights": "inverse",
     "gate.min_test_examples_per_class": 5,
 })
@@ -80,12 +80,37 @@ def test_centre_pixel_path_carries_exactly_the_centre_values(streams):
     centre = layout(config).patch_size // 2
     for stream in STREAMS_BY_MODE[streams]:
         path = tf_keras.Model(model.inputs, model.get_layer(f"{stream}_centre").output)
-        np.testing.assert_array_equal(path(inputs).numpy(), inputs[stream][:, centre, centre, :])
+        np.testing.assert_array_equal(path(inputs).numpy()[:, 0, 0, :], inputs[stream][:, centre, centre, :])
         edited = {name: tensor.copy() for name, tensor in inputs.items()}
         edited[stream][:, 0, 0, :] += 1.0
         np.testing.assert_array_equal(path(edited).numpy(), path(inputs).numpy())
     without = build_model(config.replace({"model.centre_pixel_path": False}))
     assert not any(layer.name.endswith("_centre") for layer in without.layers)
+
+
+@pytest.mark.parametrize("config", [CONFIG, CONFIG.replace({"model.centre_pixel_path": False}),
+                                    CONFIG.replace({"model.streams": "lidar"}), Config()],
+                         ids=["small", "without centre path", "lidar", "default"])
+def test_tile_model_gives_every_pixel_its_own_patchs_probabilities(config):
+    """Fully convolutional with the patch as receptive field: one pass over a tile equals the patch model on the
+    patch around each pixel, and a pixel outside a patch never changes that patch's output."""
+    model = build_model(config)
+    tiles = tile_model(model, config)
+    p = layout(config).patch_size
+    rng = np.random.default_rng(3)
+    tile = {name: rng.normal(size=(1, 13, 11, layout(config).stream_shape(name)[-1])).astype(np.float32)
+            for name in model.input_names}
+    mapped = tiles(tile, training=False).numpy()[0]
+    assert mapped.shape == (13 - p + 1, 11 - p + 1, len(config.class_ids))
+    windows = [(i, j) for i in range(mapped.shape[0]) for j in range(mapped.shape[1])]
+    patches = {name: np.stack([tile[name][0, i:i + p, j:j + p] for i, j in windows]) for name in tile}
+    per_patch = model(patches, training=False).numpy()
+    np.testing.assert_allclose(mapped.reshape(-1, mapped.shape[-1]), per_patch, rtol=1e-4, atol=1e-6)
+
+
+def test_patch_too_small_for_the_convolutions_is_refused():
+    with pytest.raises(ConfigError, match="patch_size 3 is too small for the model"):
+        CONFIG.replace({"ingest.patch_size": 3})
 
 
 def test_no_normalisation_inside_the_model():
@@ -210,6 +235,25 @@ def test_transform_features_signature_gives_the_label_index(trained):
     np.testing.assert_array_equal(out[LABEL_INDEX].numpy(), _label_indices(rows))
     assert out[MULTISPECTRAL].shape == (5, *layout(CONFIG).stream_shape(MULTISPECTRAL))
     assert out[LIDAR].shape == (5, *layout(CONFIG).stream_shape(LIDAR))
+
+
+def test_map_tile_signature_agrees_with_serving_default(trained):
+    """The mapping signature runs the same Transform graph and weights over a whole tile of raw values: every
+    window gets serving_default's probabilities for the example cut from it."""
+    lay = layout(CONFIG)
+    p = lay.patch_size
+    rows = trained["eval_rows"][:12]
+    # A 12-patch-wide strip of real raw patches side by side, so windows straddle patches too.
+    tile = np.concatenate([np.stack([row[name].reshape(p, p) for name in lay.stream_features], axis=-1)
+                           for row in rows], axis=1)
+    signature = tf.saved_model.load(trained["serving_model_dir"]).signatures[MAP_SIGNATURE]
+    mapped = signature(**{MAP_INPUT: tf.constant(tile)})[PROBABILITIES].numpy()
+    assert mapped.shape == (1, tile.shape[1] - p + 1, len(CONFIG.class_ids))
+    windows = [{name: tile[:, j:j + p, i].reshape(-1) for i, name in enumerate(lay.stream_features)}
+               for j in range(mapped.shape[1])]
+    served = _serve(trained["serving_model_dir"], windows)[PROBABILITIES]
+    np.testing.assert_allclose(mapped[0], served, rtol=1e-4, atol=1e-6)
+    assert (mapped[0, ::p].argmax(axis=1) == _serve(trained["serving_model_dir"], rows)[CLASS_INDEX]).all()
 
 
 def test_training_record_travels_with_the_model(trained):
