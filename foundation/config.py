@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -350,9 +351,70 @@ def _choice(where: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{where} must be one of {list(choices)}, got {value!r}")
 
 
-def _fraction(where: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ConfigError(f"{where} must be in [0, 1], got {value}")
+@dataclass(frozen=True)
+class Bounds:
+    """The finite values a numeric setting accepts: from `low`, up to `high` if given; open ends excluded."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def admit(self, where: str, value: float) -> None:
+        above = value > self.low if self.low_open else value >= self.low
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        if not (math.isfinite(value) and above and below):
+            raise ConfigError(f"{where} must be {self}, got {value}")
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return "a finite number" if self.low == -math.inf else f"{'>' if self.low_open else '>='} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_0, AT_LEAST_1, POSITIVE = Bounds(0), Bounds(1), Bounds(0, low_open=True)
+FRACTION, BELOW_1, FINITE = Bounds(0, 1), Bounds(0, 1, high_open=True), Bounds(-math.inf, low_open=True)
+# Every numeric setting (a tuple's items one by one), by dotted key; a test checks that none is missing.
+# Class ids and recall floors are checked with the class table.
+NUMERIC_SETTINGS = {
+    "streams.float_reflectance_scale": POSITIVE,
+    "ingest.patch_size": AT_LEAST_1,
+    "ingest.block_size": AT_LEAST_1,
+    "ingest.max_per_class": AT_LEAST_0,  # 0: every labelled pixel
+    "ingest.train_hash_buckets": AT_LEAST_1,
+    "ingest.validation_hash_buckets": AT_LEAST_1,
+    "ingest.test_hash_buckets": AT_LEAST_1,
+    "ingest.max_lidar_gap_m": AT_LEAST_0,
+    "ingest.min_valid_share": FRACTION,
+    "ingest.max_scene_band_ratio": Bounds(1, low_open=True),  # a ratio, either way: 1 would flag every scene
+    "ingest.sampling_seed": AT_LEAST_0,  # numpy seeds are non-negative
+    # Distances between distributions: L-infinity of shares and Jensen-Shannon divergence both lie in [0, 1].
+    "validation.label_skew_linf_max": FRACTION,
+    "validation.label_skew_js_max": FRACTION,
+    "validation.span_drift_linf_max": FRACTION,
+    "validation.span_drift_js_max": FRACTION,
+    "validation.multispectral_skew_js_max": FRACTION,
+    "validation.lidar_skew_js_max": FRACTION,
+    "validation.multispectral_drift_js_max": FRACTION,
+    "validation.lidar_drift_js_max": FRACTION,
+    "transform.height_clip_m": FINITE,  # and low < high, checked below
+    "model.branch_filters": AT_LEAST_1,
+    "model.fused_filters": AT_LEAST_1,
+    "model.dense_units": AT_LEAST_1,
+    "model.dropout": BELOW_1,  # Keras refuses a rate of 1
+    "model.learning_rate": POSITIVE,
+    "model.batch_size": AT_LEAST_1,
+    "model.epochs": AT_LEAST_1,
+    "model.early_stopping_patience": AT_LEAST_0,
+    "model.effective_number_beta": BELOW_1,  # (1 - beta) / (1 - beta^n) is undefined at 1
+    "model.seed": Bounds(0, 2**32 - 1),  # tf_keras.utils.set_random_seed seeds numpy too
+    "gate.min_class_recall": FRACTION,
+    "gate.min_test_examples_per_class": AT_LEAST_1,
+    "gate.max_class_recall_drop": FRACTION,
+    "gate.max_macro_recall_drop": FRACTION,
+    "gate.max_majority_excess": FRACTION,
+    "run.direct_num_workers": AT_LEAST_0,  # 0: one per core
+}
 
 
 def _validate(config: Config) -> None:
@@ -369,14 +431,28 @@ def _validate(config: Config) -> None:
         raise ConfigError(f"streams.lidar_channels must be distinct and include 'height', got {list(channels)}")
     for channel in channels:
         _choice("streams.lidar_channels[]", channel, LIDAR_CHANNEL_CHOICES)
-    if config.ingest.patch_size < 1 or config.ingest.patch_size % 2 == 0:
-        raise ConfigError(f"ingest.patch_size must be odd (the labelled pixel is its centre), got {config.ingest.patch_size}")
+    for key, bounds in NUMERIC_SETTINGS.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        for where, item in ([(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, tuple)
+                            else [(key, value)]):
+            bounds.admit(where, item)
+    for terrain_class in config.classes:
+        if terrain_class.min_recall is not None:
+            FRACTION.admit(f"classes[{terrain_class.name}].min_recall", terrain_class.min_recall)
+    if config.ingest.patch_size % 2 == 0:
+        raise ConfigError(f"ingest.patch_size must be odd (the labelled pixel is its centre), "
+                          f"got {config.ingest.patch_size}")
     if config.ingest.block_size < config.ingest.patch_size:
-        raise ConfigError("ingest.block_size must be at least ingest.patch_size")
+        raise ConfigError(f"ingest.block_size must be at least ingest.patch_size ({config.ingest.patch_size}), "
+                          f"got {config.ingest.block_size}")
     if convolved_patch_side(config) < 1:
         raise ConfigError(f"ingest.patch_size {config.ingest.patch_size} is too small for the model: "
                           f"{len(config.model.branch_filters)} branch convolutions and the fused one (3x3, valid) "
                           f"need at least {config.ingest.patch_size - convolved_patch_side(config) + 1}")
+    clip = config.transform.height_clip_m
+    if len(clip) != 2 or clip[0] >= clip[1]:
+        raise ConfigError(f"transform.height_clip_m must be [low, high] with low < high, got {list(clip)}")
     if "{SPAN" in config.ingest.split_pattern and "{SPAN:" not in config.ingest.split_pattern:
         raise ConfigError("ingest.split_pattern must give the span width, e.g. span-{SPAN:4}: a bare {SPAN} "
                           "resolves span-0001 as span-1 and matches nothing")
@@ -385,25 +461,6 @@ def _validate(config: Config) -> None:
     _choice("model.streams", config.model.streams, ("fused", "multispectral", "lidar"))
     _choice("model.class_weights", config.model.class_weights, CLASS_WEIGHT_MODES)
     _choice("ingest.split_by", config.ingest.split_by, ("block", "scene"))
-    for name in ("train_hash_buckets", "validation_hash_buckets", "test_hash_buckets"):
-        if getattr(config.ingest, name) < 1:
-            raise ConfigError(f"ingest.{name} must be at least 1, got {getattr(config.ingest, name)}")
-    if config.ingest.max_lidar_gap_m < 0:
-        raise ConfigError(f"ingest.max_lidar_gap_m must be >= 0, got {config.ingest.max_lidar_gap_m}")
-    _fraction("ingest.min_valid_share", config.ingest.min_valid_share)
-    if config.ingest.max_scene_band_ratio <= 1.0:
-        raise ConfigError(f"ingest.max_scene_band_ratio must be > 1, got {config.ingest.max_scene_band_ratio}")
-    for name in ("multispectral_skew_js_max", "lidar_skew_js_max", "multispectral_drift_js_max",
-                 "lidar_drift_js_max"):
-        _fraction(f"validation.{name}", getattr(config.validation, name))
-    for name in ("min_class_recall", "max_class_recall_drop", "max_macro_recall_drop", "max_majority_excess"):
-        _fraction(f"gate.{name}", getattr(config.gate, name))
-    if config.gate.min_test_examples_per_class < 1:
-        raise ConfigError(f"gate.min_test_examples_per_class must be at least 1, "
-                          f"got {config.gate.min_test_examples_per_class}")
-    for terrain_class in config.classes:
-        if terrain_class.min_recall is not None:
-            _fraction(f"classes[{terrain_class.name}].min_recall", terrain_class.min_recall)
     _choice("run.direct_running_mode", config.run.direct_running_mode,
             ("in_memory", "multi_threading", "multi_processing"))
 

@@ -19,7 +19,7 @@ from tfx.orchestration.pipeline import Pipeline
 from tfx.proto import distribution_validator_pb2, trainer_pb2, transform_pb2
 
 from components.atomic_pusher import AtomicPusher
-from components.baseline import PublishedBaseline
+from components.baseline import PublishedBaseline, newest_published_elsewhere
 from components.data_gate import DataGate, DriftGate
 from components.distribution_validator import DistributionValidator
 from components.scene_example_gen import SceneExampleGen
@@ -128,8 +128,13 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> Pipeline
                        # the Trainer reuses the serving model instead of training when no new data came
                        "serving_dir": config.serving_dir, "code": training_code_fingerprint(schema)},
     ).with_id(TRAINER)
-    baseline = PublishedBaseline(model=trainer.outputs["model"], serving_dir=config.serving_dir,
-                                 config_json=config.restricted("streams", "ingest", "gate").to_json()).with_id(BASELINE)
+    # The newest version from outside this pipeline root is in the baseline's cache key: after a push refused
+    # because such a version came, the next run judges again (components/baseline.py).
+    baseline = PublishedBaseline(
+        model=trainer.outputs["model"], serving_dir=config.serving_dir,
+        config_json=config.restricted("streams", "ingest", "gate").to_json(),
+        published_elsewhere=newest_published_elsewhere(config.serving_dir, resolve_path(config.run.pipeline_root)),
+    ).with_id(BASELINE)
     evaluator = Evaluator(
         examples=example_gen.outputs["examples"],
         model=trainer.outputs["model"],
