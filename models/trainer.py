@@ -88,7 +88,8 @@ def run_fn(fn_args) -> None:
                      shuffle_buffer=min(sum(counts[TRAIN].values()), MAX_SHUFFLE_BUFFER), augment=config.model.augment)
     validation = _dataset(fn_args.eval_files, transform_output, config, streams, shuffle_buffer=0)
 
-    model = build_model(config)
+    with training_strategy().scope():
+        model = build_model(config)
     fit_started = time.perf_counter()
     history = model.fit(
         train,
@@ -122,6 +123,13 @@ def run_fn(fn_args) -> None:
         "seconds": {"before_fit": fit_started - started, "fit": fit_seconds},
     }
     export_serving_model(model, transform_output, config, fn_args.serving_model_dir, record)
+
+
+def training_strategy() -> tf.distribute.Strategy:
+    """MirroredStrategy over the visible GPUs, TensorFlow's default strategy without one (on one CPU there is
+    nothing to mirror). TFX runs the Trainer as a single worker, so multi-worker strategies are out of reach."""
+    gpus = [device.name for device in tf.config.list_logical_devices("GPU")]
+    return tf.distribute.MirroredStrategy(gpus) if gpus else tf.distribute.get_strategy()
 
 
 class MacroRecallCallback(tf_keras.callbacks.Callback):

@@ -256,6 +256,36 @@ def test_map_tile_signature_agrees_with_serving_default(trained):
     assert (mapped[0, ::p].argmax(axis=1) == _serve(trained["serving_model_dir"], rows)[CLASS_INDEX]).all()
 
 
+def test_without_a_gpu_the_trainer_uses_the_default_strategy():
+    assert not tf.config.list_logical_devices("GPU")  # these machines: the GPU branch is exercised below
+    assert trainer_module.training_strategy() is tf.distribute.get_strategy()
+
+
+def test_trainer_under_a_mirrored_strategy_trains_and_exports_the_same_signatures(trained, tmp_path, monkeypatch):
+    """What a GPU node runs: the model built under MirroredStrategy (here over the one CPU) trains with the class
+    weights and exports every signature the default strategy exports."""
+    mirrored = tf.distribute.MirroredStrategy(["/cpu:0"])
+    monkeypatch.setattr(trainer_module, "training_strategy", lambda: mirrored)
+    built_under = []
+
+    def build_and_note_the_strategy(config):
+        built_under.append(tf.distribute.get_strategy())
+        return build_model(config)
+
+    monkeypatch.setattr(trainer_module, "build_model", build_and_note_the_strategy)
+    serving_model_dir = str(tmp_path / "mirrored" / "Format-Serving")
+    config = CONFIG.replace({"model.epochs": 3})
+    run_fn(FnArgs(**{**trained["fn_args"], "serving_model_dir": serving_model_dir,
+                     "custom_config": {"config": config.to_dict(), "serving_dir": str(tmp_path / "none")}}))
+    assert built_under == [mirrored]
+    signatures = set(tf.saved_model.load(serving_model_dir).signatures)
+    assert signatures == set(tf.saved_model.load(trained["serving_model_dir"]).signatures)
+    assert {SERVING_SIGNATURE, TRANSFORM_SIGNATURE, MAP_SIGNATURE} <= signatures
+    out = _serve(serving_model_dir, trained["eval_rows"])
+    recalls = argmax_recalls(_label_indices(trained["eval_rows"]), out[PROBABILITIES], len(CONFIG.class_ids))
+    assert recalls.min() >= CONFIG.gate.min_class_recall, recalls
+
+
 def test_training_record_travels_with_the_model(trained):
     record = read_training_record(trained["serving_model_dir"])
     assert record["label_counts"] == trained["counts"]
