@@ -5,11 +5,12 @@ PY := $(VENV)/bin/python
 UV_VERSION := 0.13.9
 DATA_ROOT ?= data/sample
 PIPELINE_ROOT ?= outputs
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # python3.10 on PATH, else a pyenv-installed 3.10 (pyenv shims refuse versions that are not selected).
 PYTHON310 := $(shell if python3.10 -c '' >/dev/null 2>&1; then echo python3.10; \
 	else ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/3.10*/bin/python3.10 2>/dev/null | tail -n 1; fi)
 
-.PHONY: venv run test test-fast bench clean
+.PHONY: venv browser run test test-fast bench clean
 
 venv: $(VENV)/.installed
 
@@ -26,7 +27,12 @@ $(VENV)/.installed: requirements.lock setup.py
 run: venv
 	$(VENV)/bin/terrafuse run --data-root $(DATA_ROOT) --pipeline-root $(PIPELINE_ROOT) --generate-sample-if-missing
 
-test: venv
+# The report's browser test (tests/test_report.py) opens pages in headless Chromium: Debian's package, installed
+# when missing (pip's browser installers download builds from outside the package registries).
+browser:
+	@command -v chromium >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y chromium; }
+
+test: venv browser
 	$(VENV)/bin/python -m pytest tests
 
 test-fast: venv

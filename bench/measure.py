@@ -1,10 +1,14 @@
 """Measuring a fresh process (wall time, peak memory of its whole process tree) and describing the machine.
 
 Pipeline runs and the floor run in subprocesses: a user's `terrafuse run` pays the TFX imports, and Beam's
-multi_processing workers are child processes whose memory counts too.
+multi_processing workers are child processes whose memory counts too. Predict runs in a subprocess of its own too,
+this module's (`python -m bench.measure predict ...`, see predict_child): it imports what mapping imports and no
+more (bench.worker's pipeline imports alone add about 240 MiB), so its peak memory is that of mapping.
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import datetime
 import importlib.metadata
 import json
@@ -22,6 +26,7 @@ from typing import Any
 import psutil
 
 from foundation.config import Config
+from foundation.environment import prepare_tensorflow
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_SECONDS = 0.1
@@ -112,6 +117,60 @@ def run_floor(config: Config, work: Path, name: str) -> tuple[ProcessMeasure, di
     return measure, json.loads(out.read_text())
 
 
+def run_predict(model_dir: str, scenes: list[str], work: Path, name: str, tile_size: int,
+                warm_up: str | None = None) -> tuple[ProcessMeasure, dict[str, Any]]:
+    """predict_child on the scenes in a fresh process: its own result, and the sampled peak of its process tree."""
+    out = work / "jobs" / f"{name}.result.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    log = work / "logs" / f"{name}.log"
+    warm = ["--warm-up", warm_up] if warm_up else []
+    measure = run_measured(["-m", "bench.measure", "predict", str(out), model_dir, str(work / "maps" / name),
+                            "--tile-size", str(tile_size), *warm, *scenes], log)
+    if measure.returncode != 0 or not out.exists():
+        raise BenchError(f"{name}: predict exited {measure.returncode}; see {log}")
+    return measure, json.loads(out.read_text())
+
+
+def predict_child(argv: list[str]) -> int:
+    """Loads the model, maps a warm-up scene (if given, into a folder of its own) and then the scenes, and writes
+    what each took and this process's peak memory (exact, not sampled) after the model and at the end."""
+    parser = argparse.ArgumentParser(prog="python -m bench.measure predict")
+    parser.add_argument("result", type=Path)
+    parser.add_argument("model_dir")
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument("scenes", nargs="+")
+    parser.add_argument("--tile-size", type=int, required=True)
+    parser.add_argument("--warm-up")
+    args = parser.parse_args(argv)
+    prepare_tensorflow()
+    from pipeline.predict import load_map_model, predict_scenes
+
+    started = time.perf_counter()
+    model = load_map_model(args.model_dir)
+    result: dict[str, Any] = {"model_dir": model.model_dir, "tile_size": args.tile_size,
+                              "model_load_seconds": time.perf_counter() - started,
+                              "peak_rss_mib_with_model": peak_rss_mib(), "warm_up": None}
+    if args.warm_up:
+        (warm,) = predict_scenes(model, [args.warm_up], args.out_dir / "warm-up", tile_size=args.tile_size,
+                                 progress="off")
+        result["warm_up"] = dataclasses.asdict(warm)
+    mapped = predict_scenes(model, args.scenes, args.out_dir, tile_size=args.tile_size, progress="off")
+    result.update(scenes=[{**dataclasses.asdict(scene), "macro_recall": scene.macro_recall} for scene in mapped],
+                  peak_rss_mib=peak_rss_mib())
+    args.result.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory: VmHWM, of its own address space. Not ru_maxrss, which Linux carries over
+    from the parent through fork and exec: a child of the bench (over 1 GiB with TensorFlow) reported the bench's."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0  # kB
+    raise BenchError("no VmHWM in /proc/self/status")
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -163,3 +222,9 @@ def command(argv: list[str]) -> str:
     except ValueError:
         shown = str(python)
     return shlex.join([shown, "-m", "bench.run", *argv])
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] != ["predict"]:
+        sys.exit("usage: python -m bench.measure predict RESULT MODEL_DIR OUT_DIR SCENE... --tile-size N")
+    sys.exit(predict_child(sys.argv[2:]))

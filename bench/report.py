@@ -18,7 +18,7 @@ from pipeline.component_ids import EVALUATOR, SCENE_EXAMPLE_GEN, TRAINER, TRANSF
 MIN_SEGMENT_SECONDS = 0.5  # components below this in every bar of the components plot are drawn together
 PER_PATCH_TOLERANCE = 1.10  # "flat": the later marginal cost may be up to 10 % above the earlier one
 SMALL_SECONDS = 0.1  # components below this in both runs share one line of "Where the time goes"
-ISSUE_OF = {"ingest": 2, "pipeline": 3, "ablations": 9, "scaling": 5, "floor": 5, "quality": 11}
+ISSUE_OF = {"ingest": 2, "pipeline": 3, "ablations": 9, "scaling": 5, "floor": 5, "quality": 11, "predict": 12}
 MEASURED_KEY = "measured"  # in each section: the commit, date and command it was measured with
 
 
@@ -75,7 +75,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                                            f"{TARGETS.class_recall}",
                      "measured": f"lowest: {lowest} {_r(recalls[lowest])}" if lowest else "no evaluation",
                      "passed": bool(recalls) and all(r >= TARGETS.class_recall for r in recalls.values())})
-    return rows + _issue5_targets(results) + _issue9_targets(results) + _issue11_targets(results)
+    return (rows + _issue5_targets(results) + _issue9_targets(results) + _issue11_targets(results)
+            + _issue12_targets(results))
 
 
 def _issue5_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -218,6 +219,28 @@ def _issue11_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _issue12_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 12: predict's speed on the default sample and its peak memory on a large scene."""
+    predict = results.get("predict")
+    if not predict or "error" in predict:
+        return []
+    speed, memory = predict["speed"], predict["memory"]
+    default = memory[0]
+    large = next(run for run in memory[1:] if run["tile_size"] == predict["tile_size"])
+    return [
+        {"issue": 12, "target": f"predict >= {_n(TARGETS.predict_pixels_per_second)} px/s (read, map and write the "
+                                "default sample's scenes, after a warm-up scene)",
+         "measured": f"{_n(speed['pixels_per_second'])} px/s (mapping alone {_n(speed['map_pixels_per_second'])}; "
+                     f"{predict['large_scene_multiple']}x scene {_n(large['pixels_per_second'])})",
+         "passed": speed["pixels_per_second"] >= TARGETS.predict_pixels_per_second},
+        {"issue": 12, "target": f"predict peak memory, one scene of {predict['large_scene_multiple']}x the default "
+                                f"pixels <= {TARGETS.predict_memory_ratio}x one default scene (each its own process)",
+         "measured": f"{_n(large['peak_rss_mib'])} vs {_n(default['peak_rss_mib'])} MiB = "
+                     f"{predict['memory_ratio']:.2f}x",
+         "passed": predict["memory_ratio"] <= TARGETS.predict_memory_ratio},
+    ]
+
+
 def _kind_counts(runs: list[dict[str, Any]]) -> str:
     """'class drop x2, floor x1': how many of the runs each check kind refused."""
     counts: dict[str, int] = {}
@@ -279,8 +302,9 @@ def render(results: dict[str, Any]) -> str:
         lines += [f"| {r['issue']} | {r['target']} | {r['measured']} | {_pass(r['passed'])} |" for r in rows]
         lines.append("")
     renderers = {"ingest": _ingest, "pipeline": _pipeline, "ablations": _ablations, "scaling": _scaling,
-                 "floor": _floor, "quality": _quality}
-    for number, name in enumerate(("ingest", "pipeline", "ablations", "scaling", "floor", "quality"), start=1):
+                 "floor": _floor, "quality": _quality, "predict": _predict}
+    for number, name in enumerate(("ingest", "pipeline", "ablations", "scaling", "floor", "quality", "predict"),
+                                  start=1):
         if name not in results:
             continue
         data = results[name]
@@ -292,7 +316,34 @@ def render(results: dict[str, Any]) -> str:
 
 _TITLES = {"ingest": "Ingestion throughput", "pipeline": "Pipeline on the default sample", "ablations": "Ablations",
            "scaling": "Scaling", "floor": "Floor: the same work without TFX",
-           "quality": "Model quality: the CNN against pixel baselines, on unseen scenes"}
+           "quality": "Model quality: the CNN against pixel baselines, on unseen scenes",
+           "predict": "Predict: class maps of whole scenes"}
+
+
+def _predict(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
+    runs = [data["speed"], *data["memory"]]
+    lines = [
+        "`pipeline.predict.predict_scenes` with the model of the fresh default-sample run (section 2), each row a "
+        "fresh process (`python -m bench.measure predict`) that loads the model, then maps its scenes: *read* is "
+        "`load_scene` (LAZ decoding and rasterisation included), *map* the tiles through the model's `map_tile` "
+        "signature, *write* the Cloud-Optimized GeoTIFF. px/s counts every pixel of a scene over read + map + write "
+        "(not the model's loading, given apart); *peak* is the process's peak resident memory (VmHWM), TensorFlow "
+        "and the loaded model included (*with model*: before the first scene). The first row maps the default sample "
+        "after one warm-up scene (its first call's set-up is not throughput); the others one scene each, the "
+        f"{data['large_scene_multiple']}x scene at several tile sizes.",
+        "",
+        "| run | scenes x side (px) | tile | tiles | read s | map s | write s | px/s | map px/s | model load s "
+        "| peak MiB with model | peak MiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        steps = run["step_seconds"]
+        lines.append(f"| {run['name']} | {run['scenes']} x {'/'.join(map(str, run['scene_sides']))} "
+                     f"| {run['tile_size']} | {run['tiles']} | {steps['read']:.2f} | {steps['map']:.2f} "
+                     f"| {steps['write']:.2f} | {_n(run['pixels_per_second'])} | {_n(run['map_pixels_per_second'])} "
+                     f"| {run['model_load_seconds']:.1f} | {_n(run['peak_rss_mib_with_model'])} "
+                     f"| {_n(run['peak_rss_mib'])} |")
+    return lines + [""]
 
 
 def _quality(data: dict[str, Any], results: dict[str, Any]) -> list[str]:

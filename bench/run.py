@@ -1,9 +1,10 @@
 """`python -m bench.run`: measure speed and quality and write results.md, results.json and the plots.
 
-Sections (issue): ingest (2), pipeline (3), scaling and floor (5), ablations (9), quality (11). The full run
-trains dozens of models (every size up to 16x the sample; 3 seeds x 12 ablation cells plus a retrained full model;
-3 seeds x 3 stream modes) and takes hours on 2 cores: run it on a quiet machine, where its times mean something. `--quick` (tiny data, one epoch) only
-checks the harness. With `--only`, the sections not run are kept from the out dir's results.json.
+Sections (issue): ingest (2), pipeline (3), scaling and floor (5), ablations (9), quality (11), predict (12). The
+full run trains dozens of models (every size up to 16x the sample; 3 seeds x 12 ablation cells plus a retrained full
+model; 3 seeds x 3 stream modes) and takes hours on 2 cores: run it on a quiet machine, where its times mean
+something. `--quick` (tiny data, one epoch) only checks the harness. With `--only`, the sections not run are kept
+from the out dir's results.json.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The six measurements of the bench. Each returns plain data (JSON-ready); bench/report.py renders it.
+"""The seven measurements of the bench. Each returns plain data (JSON-ready); bench/report.py renders it.
 
 Sample data and pipeline runs are shared between sections through `Bench`: the 1x pipeline run is the
 pipeline section, the first scaling point and the floor's first comparison, measured once.
@@ -6,6 +6,7 @@ pipeline section, the first scaling point and the floor's first comparison, meas
 from __future__ import annotations
 
 import dataclasses
+import math
 import shutil
 import statistics
 import time
@@ -15,9 +16,9 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.floor import scene_folders
-from bench.measure import BenchError, ProcessMeasure, run_floor, run_pipelines
+from bench.measure import BenchError, ProcessMeasure, run_floor, run_pipelines, run_predict
 from bench.report import weakest
-from bench.settings import RETRAIN_SEED_OFFSET, UNSEEN, UNSEEN_SEED_OFFSET, Settings
+from bench.settings import RETRAIN_SEED_OFFSET, TARGETS, UNSEEN, UNSEEN_SEED_OFFSET, Settings
 from bench.worker import CLASS_DROP, EXAMPLES, FLOOR, MACRO_DROP, MAJORITY_EXCESS, record
 from components.scene_example_gen import scene_examples
 from components.scenes import load_scene
@@ -40,6 +41,7 @@ class Bench:
         self.work = work
         self._samples: set[Path] = set()
         self._pipelines: dict[tuple[int, str], dict[str, Any]] = {}
+        self._fresh_models: dict[tuple[int, str], str | None] = {}  # the model each fresh run trained
         self._floors: dict[int, dict[str, Any]] = {}
 
     def base_config(self) -> Config:
@@ -76,10 +78,20 @@ class Bench:
             progress("pipeline", f"{kind} run, {multiple}x data, DirectRunner {mode} ...")
             measure, (result,) = run_pipelines([config], self.work, f"pipeline-x{multiple}-{mode}-{kind}",
                                                record=False)
-            runs[kind] = run_summary(measure, {**result, **record(config)})
+            recorded = record(config)
+            runs[kind] = run_summary(measure, {**result, **recorded})
+            if kind == "fresh":
+                self._fresh_models[key] = recorded["model_dir"]
             progress("pipeline", f"  {runs[kind]['process_seconds']:.1f} s process, "
                                  f"{runs[kind]['pipeline_seconds']:.1f} s pipeline, ok={runs[kind]['ok']}")
         return runs
+
+    def fresh_model(self, multiple: int, mode: str = "in_memory") -> str:
+        """The model folder the fresh run at `multiple` trained (the run happens first if it has not)."""
+        self.pipeline(multiple, mode, rerun=False)
+        if self._fresh_models[(multiple, mode)] is None:
+            raise BenchError(f"the fresh {multiple}x run trained no model (see its log under {self.work / 'logs'})")
+        return self._fresh_models[(multiple, mode)]
 
     def floor(self, multiple: int) -> dict[str, Any]:
         if multiple not in self._floors:
@@ -455,5 +467,59 @@ def quality(bench: Bench) -> dict[str, Any]:
     }
 
 
+def predict(bench: Bench) -> dict[str, Any]:
+    """Issue 12: `pipeline.predict` with the model of the fresh default-sample run (section 2's), each measurement in
+    a fresh process (bench.measure.predict_child). Speed: the default sample's scenes after a warm-up scene. Memory:
+    one default scene against one scene of TARGETS.predict_large_scene_multiple times its pixels, at the default
+    tile size, and the large scene at half and twice it too (what the tile size costs)."""
+    from pipeline.predict import DEFAULT_TILE_SIZE, scene_dirs_of_span
+
+    settings = bench.settings
+    model_dir = bench.fresh_model(1)
+    multiple = TARGETS.predict_large_scene_multiple
+    side_factor = math.isqrt(multiple)
+    if side_factor ** 2 != multiple:
+        raise BenchError(f"predict: the large scene's pixel multiple {multiple} is not a square")
+    scenes = scene_dirs_of_span(bench.sample(settings.scenes, settings.scene_side), 1)
+    (large,) = scene_dirs_of_span(bench.sample(1, side_factor * settings.scene_side), 1)
+
+    def measured(name: str, mapped: list[str], tile_size: int, warm_up: str | None = None) -> dict[str, Any]:
+        progress("predict", f"{name}: {len(mapped)} scene(s), tile size {tile_size} ...")
+        measure, result = run_predict(model_dir, mapped, bench.work, f"predict-{name.replace(' ', '-')}", tile_size,
+                                      warm_up)
+        run = _predict_run(name, measure, result)
+        progress("predict", f"  {run['pixels_per_second']:,.0f} px/s ({run['map_pixels_per_second']:,.0f} mapping "
+                            f"alone), peak {run['peak_rss_mib']:,.0f} MiB")
+        return run
+
+    speed = measured("default sample", scenes, DEFAULT_TILE_SIZE, warm_up=scenes[0])
+    memory = [measured("default scene", scenes[:1], DEFAULT_TILE_SIZE)]
+    memory += [measured(f"{multiple}x scene tile {tile_size}", [large], tile_size)
+               for tile_size in (DEFAULT_TILE_SIZE // 2, DEFAULT_TILE_SIZE, 2 * DEFAULT_TILE_SIZE)]
+    large_default = next(run for run in memory[1:] if run["tile_size"] == DEFAULT_TILE_SIZE)
+    return {"model_dir": model_dir, "tile_size": DEFAULT_TILE_SIZE, "large_scene_multiple": multiple,
+            "speed": speed, "memory": memory, "memory_ratio": large_default["peak_rss_mib"] / memory[0]["peak_rss_mib"]}
+
+
+def _predict_run(name: str, measure: ProcessMeasure, result: dict[str, Any]) -> dict[str, Any]:
+    """One predict process: its scenes' pixels, tiles and seconds by step summed, speeds and peak memory."""
+    scenes = result["scenes"]
+    pixels = sum(scene["pixels"] for scene in scenes)
+    seconds = sum(scene["seconds"] for scene in scenes)
+    steps = {step: sum(scene["step_seconds"][step] for scene in scenes) for step in scenes[0]["step_seconds"]}
+    return {
+        "name": name, "tile_size": result["tile_size"], "scenes": len(scenes),
+        "scene_sides": sorted({int(math.isqrt(scene["pixels"])) for scene in scenes}),
+        "pixels": pixels, "pixels_mapped": sum(scene["pixels_mapped"] for scene in scenes),
+        "tiles": sum(scene["tiles"] for scene in scenes), "seconds": seconds, "step_seconds": steps,
+        "pixels_per_second": pixels / seconds, "map_pixels_per_second": pixels / steps["map"],
+        **({"warm_up_seconds": result["warm_up"]["seconds"]} if result["warm_up"] else {}),
+        "model_load_seconds": result["model_load_seconds"], "process_seconds": measure.seconds,
+        "peak_rss_mib_with_model": result["peak_rss_mib_with_model"], "peak_rss_mib": result["peak_rss_mib"],
+        "sampled_peak_rss_mib": measure.peak_rss_mib,
+        "macro_recall": [scene["macro_recall"] for scene in scenes],
+    }
+
+
 SECTION_FUNCTIONS = {"ingest": ingest, "pipeline": pipeline, "scaling": scaling, "floor": floor,
-                     "ablations": ablations, "quality": quality}
+                     "ablations": ablations, "quality": quality, "predict": predict}

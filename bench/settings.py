@@ -11,7 +11,7 @@ from typing import Any
 
 from synth.scenes import generate_sample
 
-SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations", "quality")  # in the order they run
+SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations", "quality", "predict")  # in the order they run
 # "all": streams x normalization x class weights; "essential": what terrafuse ships and the seed project's failure;
 # "streams": essential plus each single-stream model with the shipped normalization and class weights.
 ABLATION_CELL_SETS = ("all", "essential", "streams")
@@ -43,7 +43,7 @@ RETRAIN_SEED_OFFSET = 1000
 class Targets:
     """Issue 2: ingestion speed; issue 3: fresh and cached run time, data size and per-class recall; issue 5: the
     floor ratio (its other targets compare measurements with each other); issue 11: model quality on unseen scenes
-    against pixel baselines, and what it may cost in speed."""
+    against pixel baselines, and what it may cost in speed; issue 12: predict's speed and memory."""
 
     ingest_patches_per_core_second: float = 20_000
     fresh_seconds: float = 120
@@ -61,6 +61,9 @@ class Targets:
     # examples/s), before any issue-11 change to the model.
     reference_fresh_seconds: float = 101.3
     reference_train_examples_per_second: float = 2111.0
+    predict_pixels_per_second: float = 100_000  # issue 12: reading, mapping and writing, on these 2-core machines
+    predict_large_scene_multiple: int = 16  # a scene of this many times the default scene's pixels (a square)
+    predict_memory_ratio: float = 1.5  # its peak memory against the default scene's
 
 
 TARGETS = Targets()

@@ -117,7 +117,7 @@ def sample_scene(scene_dir: str, config: Config) -> tuple[SceneRasters, np.ndarr
     valid window in every stream less often than `ingest.min_valid_share`.
     """
     rasters = load_scene(scene_dir, config)
-    valid = rasters.multispectral_valid & rasters.lidar_valid
+    valid = rasters.valid
     rows, cols = sample_pixels(rasters.labels, valid, config, scene_rng(config, rasters.scene_id))
     report = scene_report(rasters, valid, len(rows), config)
     if report["valid_share"] is not None and report["valid_share"] < config.ingest.min_valid_share:

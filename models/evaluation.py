@@ -70,6 +70,10 @@ def metrics_specs(config: Config) -> list[tfma.MetricsSpec]:
         _metric(metrics.MajorityPredictionShare),
         _metric(metrics.MajorityPredictionExcess, tfma.MetricThreshold(value_threshold=tfma.GenericValueThreshold(
             upper_bound={"value": gate.max_majority_excess}))),
+        # The whole argmax confusion matrix (no score floor, the matrix the gate's metrics read), for the run
+        # report's heatmap (pipeline/report.py); it judges nothing.
+        tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot",
+                          config=json.dumps({"thresholds": [float("-inf")]})),
     ])
     return [*per_class, overall]
 

@@ -1,11 +1,14 @@
-"""`terrafuse`: run the pipeline, make sample scenes, write the curated schema, summarise a run, and compile, run or
-schedule the pipeline on Kubeflow Pipelines.
+"""`terrafuse`: run the pipeline, map scenes with its model, report on a run, run it on Kubeflow Pipelines.
+
+Also: sample scenes and the curated schema for a configuration.
 
 Heavy imports (TensorFlow, TFX, kfp) happen inside the commands that need them, so `terrafuse --help` is instant.
+Each command takes only the options it uses; `-v` goes before or after the command name.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import logging
 import os
 import sys
@@ -14,26 +17,44 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from foundation.config import Config, ConfigError, load_config
+from foundation.config import Config, ConfigError, RunConfig, load_config
 from foundation.environment import prepare_tensorflow
 from foundation.scene_folder import SPAN_PREFIX
 from pipeline import kfp_client, kfp_compile
 
 
-def _config_arguments(parser: argparse.ArgumentParser) -> None:
+PACKAGE = "terrafuse"  # the distribution setup.py names: its metadata holds the version
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown (not installed: `make venv` installs it)"
+
+
+def _verbose_argument(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="show TFX and Beam logs, and the traceback of a failure")
+
+
+def _config_arguments(parser: argparse.ArgumentParser, roots: bool = True) -> None:
+    """--config and --set; with `roots`, also --data-root and --pipeline-root (for the commands that run the DAG)."""
     parser.add_argument("--config",
                         help="YAML or JSON file overriding the defaults (sections as in foundation/config.py)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one setting, e.g. --set model.epochs=5 (repeatable)")
-    parser.add_argument("--data-root", help="folder of span-NNNN/SCENE/ folders (run.data_root)")
-    parser.add_argument("--pipeline-root", help="where artifacts, metadata and the serving dir go (run.pipeline_root)")
+    if roots:
+        parser.add_argument("--data-root", help="folder of span-NNNN/SCENE/ folders (run.data_root)")
+        parser.add_argument("--pipeline-root",
+                            help="where artifacts, metadata and the serving dir go (run.pipeline_root)")
 
 
 def _config(args: argparse.Namespace) -> Config:
     overrides = list(args.overrides)
-    if args.data_root:
+    if getattr(args, "data_root", None):
         overrides.append(f"run.data_root={args.data_root}")
-    if args.pipeline_root:
+    if getattr(args, "pipeline_root", None):
         overrides.append(f"run.pipeline_root={args.pipeline_root}")
     return load_config(args.config, overrides)
 
@@ -54,8 +75,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"Generating sample scenes in {config.run.data_root} ...")
         generate_sample(config.run.data_root, config)
     from pipeline.local import run_local
+    from pipeline.report import write_report
+    from pipeline.summary import run_ids
 
-    return 0 if run_local(config) else 1
+    earlier_runs = run_ids(config)
+    ok = run_local(config)
+    started = [run_id for run_id in run_ids(config) if run_id not in earlier_runs]
+    if started:  # none when the run stopped before it began (e.g. the config and the schema disagree)
+        print(f"Report: {write_report(config.run.pipeline_root, run_id=started[-1])}")
+    return 0 if ok else 1
 
 
 def cmd_sample_scenes(args: argparse.Namespace) -> int:
@@ -76,25 +104,32 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from pipeline.summary import last_run, render
+    """The run's own recorded config, not this command line's, decides class names, floors and limits."""
+    if args.html:
+        from pipeline.report import write_report
 
-    config = _config(args)
-    print(render(config, last_run(config)))
+        print(f"Wrote {write_report(args.pipeline_root, args.html, args.run)}")
+        return 0
+    from pipeline.report import read_run
+    from pipeline.summary import render
+
+    record = read_run(args.pipeline_root, args.run)
+    print(render(record.config, record.runs))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pipeline.predict import predict_scenes, scene_dirs_of_span
+
+    scenes = args.scenes or scene_dirs_of_span(args.data_root, args.span)
+    tiles = {"tile_size": args.tile_size} if args.tile_size is not None else {}
+    predict_scenes(args.model, scenes, args.out, probabilities=args.probabilities, **tiles)
     return 0
 
 
 def kubeflow_command(command: Callable[[argparse.Namespace, Config], int]) -> Callable[[argparse.Namespace], int]:
-    """A `terrafuse kubeflow ...` command: a refusal of the spec, the cron or the server is an error line, exit 2."""
-
-    def run(args: argparse.Namespace) -> int:
-        config = _config(args)
-        try:
-            return command(args, config)
-        except kfp_client.KubeflowError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-
-    return run
+    """A `terrafuse kubeflow ...` command on the config its options give."""
+    return lambda args: command(args, _config(args))
 
 
 def cmd_kubeflow_compile(args: argparse.Namespace, config: Config) -> int:
@@ -127,17 +162,50 @@ def cmd_kubeflow_schedule(args: argparse.Namespace, config: Config) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="terrafuse", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="show TFX and Beam logs")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()}")
+    _verbose_argument(parser, default=False)
+    # After a command name too; SUPPRESS keeps a -v given before it when none follows.
+    verbose = argparse.ArgumentParser(add_help=False)
+    _verbose_argument(verbose, default=argparse.SUPPRESS)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    run = commands.add_parser("run", help="run the whole pipeline locally (LocalDagRunner, Beam DirectRunner)")
+    def command(name: str, help_text: str, within=commands) -> argparse.ArgumentParser:
+        return within.add_parser(name, help=help_text, description=help_text, parents=[verbose])
+
+    run = command("run", "run the whole pipeline locally (LocalDagRunner, Beam DirectRunner), then write the "
+                         "run's page under the pipeline root and print its path")
     _config_arguments(run)
     run.add_argument("--generate-sample-if-missing", action="store_true",
                      help="write the sample scenes into the data root first if it has no spans")
     run.set_defaults(func=cmd_run)
 
-    sample = commands.add_parser("sample-scenes", help="write synthetic multispectral + LiDAR + label scenes")
-    _config_arguments(sample)
+    predict = command("predict", "map scenes with a published model: a class map per scene (Cloud-Optimized "
+                                 "GeoTIFF), and per-class recall where the scene has labels")
+    predict.add_argument("--model", required=True,
+                         help="a serving dir (its newest version maps) or one exported SavedModel folder")
+    which = predict.add_mutually_exclusive_group(required=True)
+    which.add_argument("--scene", dest="scenes", action="append", metavar="DIR",
+                       help="a scene folder in the input contract, labels.tif optional (repeatable)")
+    which.add_argument("--data-root", help="map every scene of --span under this data root")
+    predict.add_argument("--span", type=int, help="with --data-root: the span to map")
+    predict.add_argument("--out", required=True, help="folder for the maps (and recall JSONs)")
+    predict.add_argument("--tile-size", type=int,
+                         help="centre pixels per tile side (default: DEFAULT_TILE_SIZE in pipeline/predict.py): "
+                              "memory grows with its square; the map does not depend on it")
+    predict.add_argument("--probabilities", action="store_true",
+                         help="also write the confidence and per-class probabilities")
+    predict.set_defaults(func=cmd_predict)
+
+    report = command("report", "summarise a run recorded under the pipeline root, under the run's own config; "
+                               "with --html, write its page")
+    report.add_argument("--pipeline-root", default=RunConfig.pipeline_root,
+                        help="the pipeline root the run used (default: %(default)s)")
+    report.add_argument("--run", help="the run id (default: the newest run)")
+    report.add_argument("--html", metavar="FILE", help="write the run's self-contained HTML page to FILE")
+    report.set_defaults(func=cmd_report)
+
+    sample = command("sample-scenes", "write synthetic multispectral + LiDAR + label scenes")
+    _config_arguments(sample, roots=False)
     sample.add_argument("--out", required=True, help="data root to write span-NNNN/SCENE/ folders into")
     sample.add_argument("--spans", type=int, default=1)
     sample.add_argument("--scenes", type=int, default=4, help="scenes per span")
@@ -146,24 +214,20 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--shifted-span", type=int, help="give this span a shifted label distribution")
     sample.set_defaults(func=cmd_sample_scenes)
 
-    schema = commands.add_parser("schema", help="write the curated schema for a configuration")
-    _config_arguments(schema)
+    schema = command("schema", "write the curated schema for a configuration")
+    _config_arguments(schema, roots=False)
     schema.add_argument("--out", required=True)
     schema.set_defaults(func=cmd_schema)
 
-    report = commands.add_parser("report", help="summarise the last run recorded under the pipeline root")
-    _config_arguments(report)
-    report.set_defaults(func=cmd_report)
-
-    kubeflow = commands.add_parser("kubeflow", help="compile the pipeline for Kubeflow Pipelines, run or schedule it")
+    kubeflow = command("kubeflow", "compile the pipeline for Kubeflow Pipelines, run or schedule it")
     kubeflow_commands = kubeflow.add_subparsers(dest="kubeflow_command", required=True)
-    for name, help_text, command in (
+    for name, help_text, run_command in (
             ("compile", "write the KFP pipeline spec (kubeflow.spec_file) for kubeflow.image", cmd_kubeflow_compile),
             ("submit", "start one run of the compiled spec", cmd_kubeflow_submit),
             ("schedule", "create, list or disable recurring runs of the compiled spec", cmd_kubeflow_schedule)):
-        parser_of_command = kubeflow_commands.add_parser(name, help=help_text)
+        parser_of_command = command(name, help_text, kubeflow_commands)
         _config_arguments(parser_of_command)
-        parser_of_command.set_defaults(func=kubeflow_command(command))
+        parser_of_command.set_defaults(func=kubeflow_command(run_command))
     submit, schedule = kubeflow_commands.choices["submit"], kubeflow_commands.choices["schedule"]
     for command_parser in (submit, schedule):
         command_parser.add_argument("--host", help="KFP API endpoint (default: kubeflow.host)")
@@ -177,8 +241,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _failures() -> tuple[type[Exception], ...]:
+    """The errors a command reports as one line (their messages name the file or setting and the problem); the
+    modules defining them are loaded only if the command loaded them."""
+    found: list[type[Exception]] = [ConfigError, kfp_client.KubeflowError]
+    for module, name in (("pipeline.predict", "PredictError"), ("components.scenes", "SceneError")):
+        if module in sys.modules:
+            found.append(getattr(sys.modules[module], name))
+    return tuple(found)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "predict" and args.data_root and args.span is None:
+        parser.error("predict --data-root needs --span")
     # TFX and Beam parse sys.argv with absl flags: ours (e.g. -v) must not reach them.
     sys.argv = sys.argv[:1]
     prepare_tensorflow()
@@ -191,8 +268,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         return args.func(args)
-    except ConfigError as err:
+    except Exception as err:
+        if not isinstance(err, _failures()):
+            raise
         print(f"error: {err}", file=sys.stderr)
+        logging.info("Traceback of the error:", exc_info=True)  # shown with -v
         return 2
 
 

@@ -14,16 +14,20 @@ def run_local(config: Config) -> bool:
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
 
     from pipeline.dag import create_pipeline
-    from pipeline.summary import last_run, render
+    from pipeline.summary import last_run, record_stop, render, run_ids
 
     os.makedirs(config.run.pipeline_root, exist_ok=True)
     connection = sqlite_metadata_connection_config(os.path.abspath(config.metadata_path))
+    earlier_runs = run_ids(config)
     ok = True
     try:
         LocalDagRunner().run(create_pipeline(config, connection))
     except Exception as err:  # the summary below still reports what ran; the message says what stopped it
-        logging.debug("run failed", exc_info=True)
-        print(f"\nRun stopped: {type(err).__name__}: {err}\n")
+        logging.info("Traceback of the error that stopped the run:", exc_info=True)  # shown with terrafuse -v
+        message = f"{type(err).__name__}: {err}"
+        # TFX records a failed execution without its error: kept with it, the run's report can say why it stopped.
+        if not record_stop(config, message, earlier_runs):
+            print(f"\nRun stopped: {message}\n")
         ok = False
     print(render(config, last_run(config)))
     return ok

@@ -21,7 +21,7 @@ from foundation.config import Config
 from models.evaluation import gate_checks
 
 REPO = Path(__file__).resolve().parents[1]
-SMOKE_SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations", "quality")
+SMOKE_SECTIONS = ("ingest", "pipeline", "scaling", "floor", "ablations", "quality", "predict")
 # The only nulls results.json may hold: the macro recall change of an evaluation without a baseline, and the class
 # of a failed gate check on the whole test set (macro drop, majority excess).
 NULLABLE = {"macro_recall_change", "class"}
@@ -75,7 +75,7 @@ def test_results_json_has_every_section_and_number(out_dir):
         assert set(splits) == {"test", "unseen"}
         for scores in splits.values():
             assert set(scores["per_class_recall"]) == set(quality["classes"])
-    assert {row["issue"] for row in results["targets"]} == {2, 3, 5, 9, 11}
+    assert {row["issue"] for row in results["targets"]} == {2, 3, 5, 9, 11, 12}
     assert all(isinstance(row["passed"], bool) for row in results["targets"])
 
 

@@ -5,7 +5,6 @@ rerun is cached; a run whose model collapses is refused and leaves the pushed ve
 label distribution drifted, and one whose red band came in another scale, are stopped before Transform.
 """
 import glob
-import hashlib
 import os
 
 import numpy as np
@@ -13,6 +12,7 @@ import pytest
 import rasterio
 import tensorflow as tf
 
+from conftest import output_uri, tree_digest
 from foundation.config import TEST, Config
 from foundation.published import PROBABILITIES, SERVING_SIGNATURE, model_versions
 from foundation.scene_folder import MULTISPECTRAL_FILE, span_folder
@@ -26,46 +26,14 @@ from transforms.features import LABEL
 
 pytestmark = pytest.mark.slow
 
-# A learning rate this large kills every ReLU in the first steps: the model predicts one class whatever the input.
-# A diverging learning rate collapses the model without the centre-pixel path and augmentation; with them, the same
-# two epochs at 30.0 still gave a model the gate blessed (measured at f89b26f), so they are switched off here.
-COLLAPSE = {"model.learning_rate": 30.0, "model.epochs": 2, "model.centre_pixel_path": False, "model.augment": False}
-
 
 def states(config):
     return {run.node: run.state for run in last_run(config)}
 
 
-def output_uri(config, node, key):
-    (uri,) = [r.outputs[key][0].uri for r in last_run(config) if r.node == node and r.outputs.get(key)]
-    return uri
-
-
-def tree_digest(path):
-    digest = hashlib.sha256()
-    for name in sorted(glob.glob(os.path.join(path, "**"), recursive=True)):
-        digest.update(os.path.relpath(name, path).encode())
-        if os.path.isfile(name):
-            digest.update(open(name, "rb").read())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="module")
-def config(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e")
-    # The default sample's size: smaller scenes leave too few test patches of the rarest class for the gate.
-    generate_sample(root / "data", Config(), spans=1, scenes_per_span=4, seed=1)
-    return Config().replace({
-        "run.data_root": str(root / "data"),
-        "run.pipeline_root": str(root / "pipeline"),
-        "model.epochs": 6,
-    })
-
-
-@pytest.fixture(scope="module")
-def first_run(config):
-    ok = run_local(config)
-    return ok, read_evaluation(output_uri(config, EVALUATOR, "evaluation"), config)
+def config(e2e_config):
+    return e2e_config
 
 
 def test_fresh_run_blesses_and_pushes_one_version(config, first_run):
@@ -96,13 +64,9 @@ def test_rerun_is_served_from_cache(config, first_run):
     assert len(model_versions(config.serving_dir)) == 1
 
 
-def test_collapsed_model_is_refused_and_the_pushed_version_is_untouched(config, first_run, capsys):
-    (version,) = model_versions(config.serving_dir)
-    before = tree_digest(os.path.join(config.serving_dir, version))
-    collapsed = config.replace(COLLAPSE)
-    capsys.readouterr()
-    run_local(collapsed)
-    summary = capsys.readouterr().out
+def test_collapsed_model_is_refused_and_the_pushed_version_is_untouched(config, refused_run):
+    collapsed, summary, version, before = (refused_run.config, refused_run.printed, refused_run.version,
+                                           refused_run.version_digest_before)
     assert "NOT BLESSED" in summary and "below its floor" in summary, summary
     evaluation = read_evaluation(output_uri(collapsed, EVALUATOR, "evaluation"), collapsed)
     assert evaluation.majority_prediction_share > 0.95
@@ -115,7 +79,7 @@ def test_collapsed_model_is_refused_and_the_pushed_version_is_untouched(config, 
     assert tree_digest(os.path.join(output_uri(collapsed, BASELINE, "baseline"), "Format-Serving")) == before
 
 
-def test_drifted_span_is_stopped_before_transform(config, first_run, capsys):
+def test_drifted_span_is_stopped_before_transform(config, refused_run, capsys):
     versions = model_versions(config.serving_dir)
     generate_sample(config.run.data_root, Config(), spans=2, scenes_per_span=4, seed=1, shifted_span=2)
     assert not run_local(config)

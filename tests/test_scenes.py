@@ -342,3 +342,35 @@ def test_scene_error_survives_pickling():
     copy = pickle.loads(pickle.dumps(err))
     assert (copy.scene, copy.path, copy.problem) == (err.scene, err.path, err.problem)
     assert str(copy) == f"scene scene-003: {path}: no ground points (classification 2)"
+
+
+def test_a_scene_without_labels_loads_when_labels_are_not_required(tmp_path):
+    """Predict maps unlabelled scenes; ingestion still refuses them (BAD_SCENES "missing labels")."""
+    scene_dir = write_scene(tmp_path, holes=[(0, SIZE, 30, SIZE)])
+    labelled = load_scene(scene_dir, CONFIG, require_labels=False)
+    (scene_dir / LABELS_FILE).unlink()
+    unlabelled = load_scene(scene_dir, CONFIG, require_labels=False)
+
+    assert unlabelled.labels is None and unlabelled.labels_valid is None
+    np.testing.assert_array_equal(labelled.labels, truth("label"))
+    assert set(unlabelled.files) == {"multispectral", "lidar"} and labelled.files["labels"] == str(
+        scene_dir / LABELS_FILE)
+    np.testing.assert_array_equal(unlabelled.multispectral, labelled.multispectral)
+    np.testing.assert_array_equal(unlabelled.lidar, labelled.lidar)
+    np.testing.assert_array_equal(unlabelled.valid, labelled.valid)
+    with pytest.raises(SceneError, match="missing file"):
+        load_scene(scene_dir, CONFIG)
+
+
+def test_a_bad_labels_file_fails_even_when_labels_are_not_required(tmp_path):
+    scene_dir = write_scene(tmp_path)
+    (scene_dir / LABELS_FILE).write_bytes(b"not a raster\n" * 64)
+    with pytest.raises(SceneError) as raised:
+        load_scene(scene_dir, CONFIG, require_labels=False)
+    assert raised.value.path == str(scene_dir / LABELS_FILE) and "cannot read raster" in raised.value.problem
+
+
+def test_valid_is_where_every_stream_is_observed(tmp_path):
+    rasters = load_scene(write_scene(tmp_path, holes=[(0, SIZE, 30, SIZE)]), CONFIG)
+    assert not rasters.valid.all() and rasters.valid.any()
+    np.testing.assert_array_equal(rasters.valid, rasters.multispectral_valid & rasters.lidar_valid)
