@@ -80,8 +80,11 @@ class Points:
 
 def rasterise_point_cloud(points: Points, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per channel, (values, cell has points) on the grid; cells without points are left to the caller to
-    fill or mask. Raises PointCloudError if no point is ground, or none (or no ground point) falls on it."""
+    fill or mask. Raises PointCloudError if there are no points, no point is ground, or none (or no ground
+    point) falls on the grid."""
     x, y, z, classification = points.x, points.y, points.z, points.classification
+    if not x.size:
+        raise PointCloudError("no points (an empty point cloud)")
     if not (classification == GROUND_CLASS).any():
         raise PointCloudError(f"no ground points (classification {GROUND_CLASS})")
 

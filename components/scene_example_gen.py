@@ -6,8 +6,9 @@ components.patches). Whole blocks (`block_id`, a coarse spatial tile) are dealt 
 so that every class gets each split's share (see assign_blocks), and a patch whose window reaches into a block
 of another split is dropped: no validation or test window overlaps a training window. `ingest.split_by: scene`
 deals whole scenes instead. A bad scene never stops the others being read: every bad scene of the run (one that
-cannot be read, one whose valid pixels are too few, one whose band scale disagrees with the rest of its span)
-is reported together, then the run fails (or, with `ingest.on_bad_scene: skip`, goes on without them).
+cannot be read, one that lies outside the data root, one whose valid pixels are too few, one whose band scale
+disagrees with the rest of its span, one where anything else raised) is reported together, then the run fails
+(or, with `ingest.on_bad_scene: skip`, goes on without them).
 What ingestion kept and lost is written to `ingest_report.json` at the root of the Examples artifact and set
 as its `ingest_report` custom property.
 """
@@ -37,7 +38,8 @@ from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
 from components.patches import encode_examples, sample_pixels, window_block_ids, window_valid
-from components.scenes import SceneError, SceneRasters, load_scene, scene_dirs
+from components.scenes import (SceneError, SceneRasters, load_scene, require_inside, scene_dirs, scene_errors,
+                               scene_name)
 from foundation.config import SPLITS, TRAIN, Config, resolve_path
 from transforms.features import BLOCK_ID
 
@@ -207,6 +209,14 @@ def scene_examples(scene_dir: str, config: Config) -> SceneExamples:
     )
 
 
+def ingest_scene(scene_dir: str, config: Config, data_root: str) -> SceneExamples:
+    """What the executor does with one scene folder: scene_examples of a scene inside the data root. Every
+    exception becomes a SceneError naming the scene (and the file, where one was being read)."""
+    with scene_errors(scene_name(scene_dir), scene_dir):
+        require_inside(scene_dir, data_root)
+        return scene_examples(scene_dir, config)
+
+
 def unit_label_counts(units: list[tuple[bytes, ...]], labels: np.ndarray,
                       class_ids: tuple[int, ...]) -> dict[bytes, np.ndarray]:
     """Label counts per split unit of the patch centres (the first unit of each patch)."""
@@ -372,8 +382,9 @@ def read_ingest_report(examples_uri: str) -> dict[str, Any]:
 class _ReadScene(beam.DoFn):
     """Emits ((scene, label, units), serialized example) and, tagged, the scene's summary or its error."""
 
-    def __init__(self, config_json: str):
+    def __init__(self, config_json: str, data_root: str):
         self._config_json = config_json
+        self._data_root = data_root
         self._config: Config | None = None
 
     def setup(self) -> None:
@@ -381,7 +392,7 @@ class _ReadScene(beam.DoFn):
 
     def process(self, scene_dir: str) -> Iterable[Any]:
         try:
-            examples = scene_examples(scene_dir, self._config)
+            examples = ingest_scene(scene_dir, self._config, self._data_root)
         except SceneError as err:
             yield beam.pvalue.TaggedOutput(_ERRORS, str(err))
             return
@@ -414,7 +425,7 @@ def _ScenesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], 
     return (
         pipeline
         | "Scenes" >> beam.Create(scenes, reshuffle=True)
-        | "ReadScenes" >> beam.ParDo(_ReadScene(config.to_json())).with_outputs(
+        | "ReadScenes" >> beam.ParDo(_ReadScene(config.to_json(), input_base)).with_outputs(
             _ERRORS, _SUMMARIES, main=_EXAMPLES)
     )
 

@@ -4,7 +4,8 @@ The multispectral raster defines the reference grid. Labels are resampled with n
 never be averaged), pre-rasterised LiDAR bilinearly (measurements), and point clouds are rasterised cell by
 cell on the reference grid itself (components.lidar_rasters), so no stream is resampled twice. Every problem
 becomes a SceneError that names the scene, the file and what is wrong, so the executor can list all bad scenes
-of a run at once.
+of a run at once: the defects we know get their own message, and any other exception while reading a file
+(a GDAL or PROJ error, a MemoryError, a bug) becomes one too (`scene_errors`), keeping its type and message.
 
 Each stream also gets a validity mask on the reference grid, and invalid pixels hold NaN: nothing a scene does
 not observe may reach an example. Multispectral: the raster's nodata, internal or alpha mask, and non-finite
@@ -89,6 +90,45 @@ def _is_uri(path: str | os.PathLike) -> bool:
     return "://" in str(path)
 
 
+def scene_name(scene_dir: str | os.PathLike) -> str:
+    """The scene id: its folder's name, for a local path or a URI."""
+    return posixpath.basename(str(scene_dir).rstrip("/")) if _is_uri(scene_dir) else Path(scene_dir).name
+
+
+@contextmanager
+def scene_errors(scene: str, path: str | os.PathLike) -> Iterator[None]:
+    """Any exception but a SceneError while working on `path` becomes the scene's SceneError, keeping the
+    exception's type and message (its traceback goes to the log): one scene must never stop the others.
+    KeyboardInterrupt and SystemExit are not Exceptions and pass."""
+    try:
+        yield
+    except SceneError:
+        raise
+    except Exception as err:  # whatever fails in one scene is that scene's error
+        log.exception("scene %s: %s: unexpected error", scene, path)
+        raise SceneError(scene, path, f"unexpected {_type_name(err)}: {err}") from err
+
+
+def _type_name(err: Exception) -> str:
+    """`MemoryError`, `rasterio.errors.CRSError`: enough to find where it came from."""
+    kind = type(err)
+    return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def require_inside(scene_dir: str | os.PathLike, data_root: str | os.PathLike) -> None:
+    """Refuses a local scene folder (or a file in it) that resolves outside the data root, e.g. through a
+    symlink: what a run ingests must be what its data root and input fingerprint describe."""
+    if _is_uri(scene_dir):
+        return
+    root = Path(data_root).resolve()
+    scene_dir = Path(scene_dir).absolute()
+    for path in (scene_dir, *sorted(scene_dir.iterdir())):
+        target = path.resolve()
+        if not target.is_relative_to(root):
+            raise SceneError(scene_dir.name, path, f"resolves to {target}, outside the data root {root} "
+                             f"(a symlink?); scenes must lie inside the data root")
+
+
 def scene_dirs(file_paths: Iterable[str | os.PathLike]) -> list[str]:
     """Scene folders of the files the split pattern matched (`span-XXXX/<scene>/*`): local paths or URIs."""
     return sorted({posixpath.dirname(str(path)) if _is_uri(path) else str(Path(path).parent) for path in file_paths})
@@ -103,11 +143,13 @@ def load_scene(scene_dir: str | os.PathLike, config: Config, *, require_labels: 
         return _load_remote_scene(str(scene_dir).rstrip("/"), config, require_labels)
     scene_dir = Path(scene_dir).absolute()
     scene = scene_dir.name
-    multispectral, multispectral_valid, grid = _read_multispectral(scene, scene_dir / MULTISPECTRAL_FILE, config)
+    with scene_errors(scene, scene_dir / MULTISPECTRAL_FILE):
+        multispectral, multispectral_valid, grid = _read_multispectral(scene, scene_dir / MULTISPECTRAL_FILE, config)
     labels = labels_valid = None
     has_labels = require_labels or (scene_dir / LABELS_FILE).exists()
     if has_labels:
-        labels, labels_valid = _read_labels(scene, scene_dir / LABELS_FILE, grid, config)
+        with scene_errors(scene, scene_dir / LABELS_FILE):
+            labels, labels_valid = _read_labels(scene, scene_dir / LABELS_FILE, grid, config)
     lidar, lidar_valid, filled, lidar_files = _read_lidar(scene, scene_dir, grid, config)
     files = {"multispectral": str(scene_dir / MULTISPECTRAL_FILE), "lidar": ", ".join(lidar_files)}
     if has_labels:
@@ -139,11 +181,24 @@ def _open_raster(scene: str, path: Path) -> Iterator[rasterio.DatasetReader]:
     if not path.is_file():
         raise SceneError(scene, path, "missing file")
     try:
-        with rasterio.open(path) as src:
-            yield src
+        src = rasterio.open(path)
     except RasterioError as err:
-        message = str(err).replace(f"'{path}' ", "")  # GDAL repeats the path the error names already
-        raise SceneError(scene, path, f"cannot read raster: {message}") from err
+        raise SceneError(scene, path, f"cannot read raster: {_gdal_message(err, path)}") from err
+    with src:
+        try:
+            yield src
+        except RasterioError as err:  # an intact header with pixel data cut short or damaged behind it
+            raise SceneError(scene, path, f"cannot read its pixels (truncated or corrupt): "
+                             f"{_gdal_message(err, path)}") from err
+
+
+def _gdal_message(err: RasterioError, path: Path) -> str:
+    """GDAL's own words: rasterio's read errors say only "see previous exception", which is their cause."""
+    cause = err.__cause__ if err.__cause__ is not None and "previous exception" in str(err) else err
+    message = str(cause)
+    for name in (f"'{path}' ", f"{path}: ", f"{path}, ", f"{path.name}: ", f"{path.name}, "):
+        message = message.replace(name, "")  # GDAL repeats the path the error names already
+    return message
 
 
 def _require_projected(scene: str, path: Path, crs: CRS | pyproj.CRS | None) -> None:
@@ -237,7 +292,8 @@ def _read_lidar(scene: str, scene_dir: Path, grid: Grid,
     channels = config.streams.lidar_channels
     for name in POINT_CLOUD_FILES:
         if (scene_dir / name).is_file():
-            rasters = _rasterise_point_cloud(scene, scene_dir / name, grid)
+            with scene_errors(scene, scene_dir / name):
+                rasters = _rasterise_point_cloud(scene, scene_dir / name, grid)
             files = [str(scene_dir / name)]
             break
     else:
@@ -247,7 +303,10 @@ def _read_lidar(scene: str, scene_dir: Path, grid: Grid,
                 f"missing file: no point cloud ({' or '.join(POINT_CLOUD_FILES)}) and no pre-rasterised "
                 f"{', '.join(lidar_raster_file(channel) for channel in channels)}",
             )
-        rasters = {channel: _resample_lidar_raster(scene, scene_dir, channel, grid) for channel in channels}
+        rasters = {}
+        for channel in channels:
+            with scene_errors(scene, scene_dir / lidar_raster_file(channel)):
+                rasters[channel] = _resample_lidar_raster(scene, scene_dir, channel, grid)
         files = [str(scene_dir / lidar_raster_file(channel)) for channel in channels]
     stack, valid, filled = [], np.ones(grid.shape, bool), {}
     nearest_cells: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # channels share their has_data
@@ -297,10 +356,23 @@ def _resample_lidar_raster(scene: str, scene_dir: Path, channel: str, grid: Grid
 def _rasterise_point_cloud(scene: str, path: Path, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Every channel the config may ask for, as (values, cell has points) on the reference grid."""
     try:
-        las = laspy.read(path)
-        cloud_crs = las.header.parse_crs()
+        reader = laspy.open(path)
     except _POINT_CLOUD_READ_ERRORS as err:
         raise SceneError(scene, path, f"cannot read point cloud: {err}") from err
+    with reader:
+        promised = reader.header.point_count
+        try:
+            cloud_crs = reader.header.parse_crs()
+        except _POINT_CLOUD_READ_ERRORS as err:
+            raise SceneError(scene, path, f"cannot read point cloud: CRS: {err}") from err
+        try:
+            las = reader.read()
+        except _POINT_CLOUD_READ_ERRORS as err:
+            raise SceneError(scene, path, f"cannot read point records (truncated or corrupt) after an intact "
+                             f"header of {promised:,} points: {err}") from err
+    if len(las.points) < promised:  # laspy only logs this and returns the points it found
+        raise SceneError(scene, path, f"the header promises {promised:,} points but the file holds "
+                         f"{len(las.points):,} (truncated)")
     x, y = _points_on_reference_crs(scene, path, las, cloud_crs, grid)
     # Copies, not views of the file's point records, so those are freed before rasterising: at 2.4 million
     # points (a 640 px scene) this lowers load_scene's peak memory by about 80 MiB.

@@ -49,6 +49,14 @@ DEFAULT_CLASSES = (
 TRAIN, VALIDATION, TEST = "train", "validation", "test"
 SPLITS = (TRAIN, VALIDATION, TEST)
 
+BEAM_RUNNERS = ("direct", "portable", "flink", "spark", "dataflow")
+# The `beam` keys each cluster runner cannot do without; a runner missing one is refused when the config loads.
+BEAM_REQUIRED = {
+    "flink": ("flink_master",),
+    "spark": ("spark_master_url",),
+    "dataflow": ("project", "region", "temp_location"),
+}
+
 LIDAR_CHANNEL_CHOICES = ("height", "intensity", "return_ratio", "density")
 CLASS_WEIGHT_MODES = ("none", "inverse", "sqrt_inverse", "effective_number")
 
@@ -166,10 +174,33 @@ class RunConfig:
     serving_dir: str = ""  # empty: <pipeline_root>/serving
     schema_file: str = ""  # empty: schemas/schema.pbtxt, the curated schema of the default streams
     enable_cache: bool = True
-    # "in_memory" or "multi_processing" (Beam DirectRunner), or extra Beam args for another runner.
+    # The Beam runner of the data steps (ExampleGen, StatisticsGen, Transform, Evaluator), one of BEAM_RUNNERS:
+    # "direct" (DirectRunner, below), "portable" (PortableRunner, embedded job server, workers in their own
+    # processes), or a cluster's, set in the `beam` section. pipeline/beam_runners.py builds the arguments.
+    beam_runner: str = "direct"
+    # DirectRunner: "in_memory", "multi_threading" or "multi_processing".
     direct_running_mode: str = "in_memory"
     direct_num_workers: int = 0  # 0: one per core
+    # Appended after the runner's own arguments, so they may also override them.
     beam_args: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BeamConfig:
+    """The settings of the cluster runners (run.beam_runner flink, spark, dataflow); BEAM_REQUIRED says which."""
+
+    # flink, spark: a Beam job server in front of the cluster (host:port), e.g. a pod of
+    # apache/beam_flink1.19_job_server. Empty: the runner submits an uber jar itself over the cluster's REST API.
+    job_endpoint: str = ""
+    flink_master: str = ""  # flink: the JobManager's REST address, e.g. flink-jobmanager.flink:8081
+    parallelism: int = 0  # flink: 0, the cluster's default
+    spark_master_url: str = ""  # spark: e.g. spark://spark-master.spark:7077
+    spark_rest_url: str = ""  # spark without job_endpoint: the master's REST submission URL, e.g. http://...:6066
+    project: str = ""  # dataflow: the Google Cloud project
+    region: str = ""  # dataflow: e.g. europe-west4
+    temp_location: str = ""  # dataflow: a gs:// folder for temporary and staged files
+    max_num_workers: int = 0  # dataflow: the autoscaling ceiling; 0, Dataflow's default
+    machine_type: str = ""  # dataflow: the workers' machine type; empty, Dataflow's default
 
 
 @dataclass(frozen=True)
@@ -196,6 +227,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    beam: BeamConfig = field(default_factory=BeamConfig)
     kubeflow: KubeflowConfig = field(default_factory=KubeflowConfig)
 
     def __post_init__(self) -> None:
@@ -414,6 +446,8 @@ NUMERIC_SETTINGS = {
     "gate.max_macro_recall_drop": FRACTION,
     "gate.max_majority_excess": FRACTION,
     "run.direct_num_workers": AT_LEAST_0,  # 0: one per core
+    "beam.parallelism": AT_LEAST_0,  # 0: the cluster's default
+    "beam.max_num_workers": AT_LEAST_0,  # 0: Dataflow's default
 }
 
 
@@ -463,6 +497,20 @@ def _validate(config: Config) -> None:
     _choice("ingest.split_by", config.ingest.split_by, ("block", "scene"))
     _choice("run.direct_running_mode", config.run.direct_running_mode,
             ("in_memory", "multi_threading", "multi_processing"))
+    _validate_beam_runner(config)
+
+
+def _validate_beam_runner(config: Config) -> None:
+    runner = config.run.beam_runner
+    _choice("run.beam_runner", runner, BEAM_RUNNERS)
+    missing = [key for key in BEAM_REQUIRED.get(runner, ()) if not getattr(config.beam, key)]
+    if runner == "spark" and not (config.beam.job_endpoint or config.beam.spark_rest_url):
+        missing.append("spark_rest_url")  # or job_endpoint: the job has to reach the cluster one way
+    if missing:
+        raise ConfigError(f"run.beam_runner {runner!r} needs {', '.join(f'beam.{key}' for key in missing)}"
+                          f"{' (or beam.job_endpoint)' if 'spark_rest_url' in missing else ''}; not set")
+    if runner == "dataflow" and not config.beam.temp_location.startswith("gs://"):
+        raise ConfigError(f"beam.temp_location must be a gs:// folder for Dataflow, got {config.beam.temp_location!r}")
 
 
 def convolved_patch_side(config: Config) -> int:

@@ -25,6 +25,7 @@ from components.distribution_validator import DistributionValidator
 from components.scene_example_gen import SceneExampleGen
 from foundation.config import PROJECT_DIR, TEST, TRAIN, VALIDATION, Config, ConfigError, resolve_path
 from models.evaluation import eval_config
+from pipeline.beam_runners import beam_args
 from pipeline.component_ids import (BASELINE, DATA_GATE, DRIFT_GATE, EVALUATOR, EXAMPLE_VALIDATOR, LABEL_SKEW_VALIDATOR,
                                     PUSHER, SCENE_EXAMPLE_GEN, SCHEMA_GEN, STATISTICS_GEN, TRAINER, TRANSFORM)
 from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
@@ -155,17 +156,3 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> Pipeline
         beam_pipeline_args=beam_args(config),
     )
 
-
-def beam_args(config: Config) -> list[str]:
-    """DirectRunner settings from config, then any extra Beam args (e.g. to move to Dataflow, Flink or Spark).
-
-    Naming the worker image (the project's own, which holds TFX and terrafuse) also stops TFX from building an
-    sdist of itself for every Beam component, 2.5 s each, which no runner here needs.
-    """
-    args = [f"--direct_running_mode={config.run.direct_running_mode}"]
-    if config.run.direct_running_mode != "in_memory":  # in-memory runs one worker whatever is asked
-        args.append(f"--direct_num_workers={config.run.direct_num_workers or os.cpu_count() or 1}")
-    if not any(arg.startswith(("--sdk_container_image", "--worker_harness_container_image", "--setup_file",
-                               "--extra_package", "--requirements_file")) for arg in config.run.beam_args):
-        args.append(f"--sdk_container_image={config.kubeflow.image}")
-    return args + list(config.run.beam_args)

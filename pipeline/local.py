@@ -1,4 +1,5 @@
-"""Local runs: LocalDagRunner with the Beam DirectRunner and an SQLite ML Metadata store under the pipeline root."""
+"""Local runs: LocalDagRunner, the Beam runner of `run.beam_runner` (DirectRunner by default) and an SQLite ML
+Metadata store under the pipeline root."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +14,7 @@ def run_local(config: Config) -> bool:
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
 
+    from pipeline.beam_runners import portable_workers
     from pipeline.dag import create_pipeline
     from pipeline.summary import last_run, record_stop, render, run_ids
 
@@ -21,7 +23,8 @@ def run_local(config: Config) -> bool:
     earlier_runs = run_ids(config)
     ok = True
     try:
-        LocalDagRunner().run(create_pipeline(config, connection))
+        with portable_workers(config):
+            LocalDagRunner().run(create_pipeline(config, connection))
     except Exception as err:  # the summary below still reports what ran; the message says what stopped it
         logging.info("Traceback of the error that stopped the run:", exc_info=True)  # shown with terrafuse -v
         message = f"{type(err).__name__}: {err}"

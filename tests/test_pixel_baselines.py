@@ -11,7 +11,7 @@ import bench.pixel_baselines as pixel_baselines
 from bench.pixel_baselines import BASELINES, centre_pixels, fit, pixel_features, predict, recalls
 from components.patches import encode_examples
 from components.scenes import SceneRasters
-from foundation.config import Config, IngestConfig, StreamsConfig, TerrainClass
+from foundation.config import Config, IngestConfig, ModelConfig, StreamsConfig, TerrainClass
 from models.fused_cnn import STREAMS_BY_MODE
 from transforms.features import LIDAR, LIDAR_PREFIX, MS_PREFIX, MULTISPECTRAL, layout
 
@@ -19,7 +19,8 @@ from transforms.features import LIDAR, LIDAR_PREFIX, MS_PREFIX, MULTISPECTRAL, l
 BANDS, CHANNELS = ("nir", "blue", "red"), ("height", "intensity")
 CONFIG = Config(classes=(TerrainClass(7, "trees"), TerrainClass(2, "road"), TerrainClass(5, "water")),
                 streams=StreamsConfig(multispectral_bands=BANDS, lidar_channels=CHANNELS),
-                ingest=IngestConfig(patch_size=3, block_size=8))
+                ingest=IngestConfig(patch_size=3, block_size=8),
+                model=ModelConfig(branch_filters=()))  # a 3 x 3 patch leaves room for the fused convolution only
 SIDE = 24
 
 

@@ -30,7 +30,8 @@ UNKNOWN_ID = 99  # not in the class table
 
 
 def _config(**overrides) -> Config:
-    return Config().replace({"ingest.patch_size": 3, **overrides})
+    # A 3 x 3 patch leaves room for the model's fused convolution only: no branch convolutions.
+    return Config().replace({"ingest.patch_size": 3, "model.branch_filters": [], **overrides})
 
 
 PER_STREAM = _config(**{"streams.lidar_channels": ["height", "intensity", "return_ratio", "density"]})
