@@ -3,7 +3,10 @@
 Tests and `make run` need data without downloads, and a known answer shows whether each stream carries the
 signal it should: spectra separate road from bare soil but not grass from trees (height does), roofs look like
 roads from above (height again), and the raw scales differ by about three orders of magnitude (reflectance x
-10000 against metres), which an unnormalised model does not survive.
+10000 against metres), which an unnormalised model does not survive. Some pixels neither stream can tell, and
+their neighbourhood can: canopy gaps inside stands look like shaded meadow, a sparse meadow pixel like a weedy
+field's, and shadows change band levels where LiDAR sees nothing. A model that fuses both streams over a window
+has something to win over one that classifies single pixels (bench/pixel_baselines.py).
 
 `generate_sample` writes span and scene folders as the input contract lays them out (foundation/scene_folder.py):
 a LAZ point cloud, or with grids="prerasterized" the height and intensity rasters instead. Span folders hold only
@@ -52,10 +55,11 @@ _ASPHALT = (0.085, 0.092, 0.100, 0.118, 0.135)
 
 # Keyed by the class names of the config's default class table.
 SIGNATURES: dict[str, SurfaceSignature] = {
-    # Broadleaf canopy is grass's spectrum ~5% darker: inside the region-to-region brightness spread, so
-    # spectra alone cannot tell trees from grass; canopy height can.
+    # Sunlit broadleaf crowns are grass's spectrum ~20% brighter, but crowns shade each other and the gaps
+    # between them (_illumination): a stand reads ~5% darker than grass, inside the region-to-region brightness
+    # spread, so spectra alone cannot tell trees from grass; canopy height can.
     "trees": SurfaceSignature(
-        reflectance=(0.038, 0.080, 0.047, 0.342, 0.190), height_m=(8.0, 25.0), intensity=24000,
+        reflectance=(0.048, 0.101, 0.060, 0.432, 0.240), height_m=(8.0, 25.0), intensity=24000,
         asprs_class=5, pulse_return_rate=1.0, label_share=0.265, shifted_label_share=0.14),
     "grass": SurfaceSignature(
         reflectance=(0.040, 0.084, 0.050, 0.360, 0.200), height_m=(0.0, 0.5), intensity=30000,
@@ -77,7 +81,7 @@ SIGNATURES: dict[str, SurfaceSignature] = {
     # 18 of 541 water patches of the default sample, at 0.2 all of them.
     "water": SurfaceSignature(
         reflectance=(0.060, 0.072, 0.045, 0.012, 0.004), height_m=(0.0, 0.0), intensity=2500,
-        asprs_class=9, pulse_return_rate=0.2, label_share=0.035, shifted_label_share=0.27),
+        asprs_class=9, pulse_return_rate=0.2, label_share=0.03, shifted_label_share=0.27),
 }
 
 GRIDS = ("reference", "mixed", "prerasterized")
@@ -96,6 +100,23 @@ ANNOTATION_BLOB_M = 3.0
 MIN_SIZE = 32  # smaller scenes cannot hold a river, a road and a building side by side
 WATER_SURFACE_BELOW_BANK_M = 0.6
 ACQUISITION_DATE = datetime.date(2024, 6, 14)  # fixed, so LAZ files are byte-identical across runs
+# The sun at the acquisition, about 10:00 solar time in mid-June at 48 degrees north: roofs and crowns cast
+# shadows 0.6 times their height long to the north-west, and their faces turned from the sun get less direct
+# light. A shadowed surface keeps only the diffuse skylight, a share of its reflectance in every band: its spectral
+# shape (and NDVI) stays, its band levels do not. LiDAR, an active sensor, sees no shadows.
+SUN_ELEVATION_DEG = 60.0
+SUN_AZIMUTH_DEG = 120.0  # clockwise from north
+DIFFUSE_SHARE = 0.35
+# Meadows have worn and dry patches, ploughed parcels weeds and emerging crop, both in patches a metre or two
+# across: a pixel of either is green vegetation over soil in a share that varies from pixel to pixel. A sparse
+# meadow pixel and a weedy field pixel look alike to both sensors; their surroundings (the share around them) do
+# not. Crowns mix leaves with branches and litter in the same way, in the spectrum only. Mean share per class,
+# and its spread; the other classes are not mixed.
+GREEN_COVER = {"grass": 0.8, "bare_soil": 0.2, "trees": 0.8}
+# The classes whose signatures fix the green and the soil endmember, and whose LiDAR returns come from either.
+ENDMEMBER_CLASSES = ("grass", "bare_soil")
+GREEN_COVER_SPREAD = 0.24
+GREEN_COVER_PATCH_M = 1.5
 # The point cloud is written LAZ-compressed, as clouds are delivered.
 PRERASTERIZED_CHANNELS = ("height", "intensity")
 # Every file a scene folder may hold: what one call does not write is removed, so no stale stream is read.
@@ -141,6 +162,7 @@ class _Layout:
     tree_top_height: np.ndarray  # metres at tree-top pixels, 0 elsewhere
     crown_radius: np.ndarray  # metres at tree-top pixels, 0 elsewhere
     terrain: tuple[float, np.ndarray, np.ndarray]  # base (m), plane gradient (2,), waves (k, 4)
+    green_cover: np.ndarray  # share of each pixel under green vegetation, on the GREEN_COVER classes
 
 
 def generate_sample(out_dir, config: Config | None = None, spans: int = 1, scenes_per_span: int = 4,
@@ -212,7 +234,7 @@ def _write_scene(scene_dir: Path, rng, config: Config, size: int, shifted: bool,
     origin = (float(rng.integers(420_000, 580_000)), float(rng.integers(5_350_000, 5_650_000)))
     transform = _north_up(origin, PIXEL_SIZE_M)
     layout = _layout(rng, size, shifted, config)
-    multispectral = _multispectral(rng, layout.cover, config)
+    multispectral = _multispectral(rng, layout, config)
     labels = _labels(rng, layout.cover, config, shifted)
     points = _point_cloud(rng, layout, config)
 
@@ -289,8 +311,13 @@ def _layout(rng, size: int, shifted: bool, config: Config) -> _Layout:
     # Low-frequency bumps, one row each: amplitude (m), wavelength (m), direction, phase.
     waves = np.column_stack([rng.uniform(0.5, 2.5, 3), rng.uniform(60, 250, 3), rng.uniform(0, 2 * math.pi, 3),
                              rng.uniform(0, 2 * math.pi, 3)])
+    green_cover = np.zeros(cover.shape)
+    patches = _smooth_noise(rng, cover.shape, GREEN_COVER_PATCH_M)
+    for name, share in GREEN_COVER.items():
+        mixed = cover == index[name]
+        green_cover[mixed] = np.clip(share + GREEN_COVER_SPREAD * patches[mixed], 0.0, 1.0)
     return _Layout(cover, buildings, building_id, nearest_tree_top, tree_top_height, crown_radius,
-                   (base, gradient, waves))
+                   (base, gradient, waves), green_cover)
 
 
 def _water(rng, xx, yy, size: int, mix: _LandscapeMix) -> np.ndarray:
@@ -365,12 +392,12 @@ def _buildings(rng, xx, yy, size: int, road, free: np.ndarray, target_fraction: 
 def _tree_crowns(rng, trees: np.ndarray):
     """Individual crowns: tree tops scattered in the stands, each pixel belongs to its nearest top."""
     low, high = SIGNATURES["trees"].height_m
-    tops = trees & (rng.random(trees.shape) < 1 / 20)
+    tops = trees & (rng.random(trees.shape) < 1 / 30)
     if trees.any() and not tops.any():
         tops[np.unravel_index(np.argmax(trees), trees.shape)] = True
     stand_height = low + (high - low) * special.ndtr(_smooth_noise(rng, trees.shape, trees.shape[0] / 8))
     tree_top_height = np.where(tops, stand_height * rng.uniform(0.85, 1.0, trees.shape), 0.0)
-    crown_radius = np.where(tops, np.clip(0.3 * tree_top_height, 3.0, 6.0), 0.0)
+    crown_radius = np.where(tops, np.clip(0.25 * tree_top_height, 2.5, 5.0), 0.0)
     nearest_tree_top = ndimage.distance_transform_edt(~tops, return_distances=False, return_indices=True)
     return nearest_tree_top, tree_top_height, crown_radius
 
@@ -385,9 +412,10 @@ def _terrain(terrain, x, y, size: int) -> np.ndarray:
     return z
 
 
-def _multispectral(rng, cover: np.ndarray, config: Config) -> np.ndarray:
-    """Scaled reflectance (bands, rows, cols) uint16 in config band order, with mixed pixels at class edges."""
-    names = config.class_names
+def _multispectral(rng, layout: _Layout, config: Config) -> np.ndarray:
+    """Scaled reflectance (bands, rows, cols) uint16 in config band order: mixed pixels at class edges, green
+    cover mixed with soil, under the sun's illumination and shadows."""
+    cover, names = layout.cover, config.class_names
     band_index = [SPECTRUM_BANDS.index(band) for band in config.streams.multispectral_bands]
     spectra = np.array([[SIGNATURES[name].reflectance[b] for b in band_index] for name in names])
     one_hot = (cover[np.newaxis] == np.arange(len(names))[:, np.newaxis, np.newaxis]).astype(np.float64)
@@ -397,13 +425,72 @@ def _multispectral(rng, cover: np.ndarray, config: Config) -> np.ndarray:
     # Per class: field-to-field brightness (moisture, condition, roof age) and fine texture.
     brightness = np.stack([(1 + 0.08 * _smooth_noise(rng, cover.shape, size / 8))
                            * (1 + 0.03 * _smooth_noise(rng, cover.shape, 1.0)) for _ in names])
-    reflectance = np.einsum("kyx,kb->byx", weights * brightness, spectra)
+    # Per class and pixel: its spectrum. Grass and bare soil mix a green and a soil endmember in the pixel's green
+    # share; the endmembers are those whose mixtures at the classes' mean shares are the classes' signatures.
+    # Crowns mix the same way, scaled to their own signature.
+    surfaces = np.broadcast_to(spectra[:, :, np.newaxis, np.newaxis], (*spectra.shape, *cover.shape)).copy()
+    endmembers = np.linalg.solve([[GREEN_COVER[name], 1 - GREEN_COVER[name]] for name in ENDMEMBER_CLASSES],
+                                 spectra[[names.index(name) for name in ENDMEMBER_CLASSES]])
+    for name, share in GREEN_COVER.items():
+        k = names.index(name)
+        mixture = np.einsum("e,eb->b", [share, 1 - share], endmembers)
+        pixel = (layout.green_cover[np.newaxis] * endmembers[0][:, np.newaxis, np.newaxis]
+                 + (1 - layout.green_cover[np.newaxis]) * endmembers[1][:, np.newaxis, np.newaxis])
+        surfaces[k] = pixel * (spectra[k] / mixture)[:, np.newaxis, np.newaxis]
+    reflectance = np.einsum("kyx,kbyx->byx", weights * brightness, surfaces)
+    reflectance *= _illumination(layout, cover == names.index("trees"))
     # Per-scene calibration and atmosphere, then sensor noise (relative and absolute).
     reflectance *= rng.uniform(0.96, 1.04, (len(band_index), 1, 1))
     reflectance *= 1 + 0.01 * rng.standard_normal(reflectance.shape)
     reflectance += 0.003 * rng.standard_normal(reflectance.shape)
     scaled = np.rint(reflectance * config.streams.float_reflectance_scale)
     return np.clip(scaled, 1, np.iinfo(np.uint16).max).astype(np.uint16)
+
+
+def _illumination(layout: _Layout, trees: np.ndarray) -> np.ndarray:
+    """Reflectance factor of each pixel under the sun (1 on open flat ground): the diffuse share everywhere, plus
+    direct light by the cosine of the incidence on the roof or crown surface, unless the surface towards the sun
+    rises above the sun's line of sight (a shadow; penumbrae soften its edges)."""
+    size = layout.cover.shape[0]
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    crown, inside = _crown_surface(layout, xx.ravel(), yy.ravel())
+    crowns = inside.reshape(size, size) & trees
+    height = np.where(crowns, crown.reshape(size, size), 0.0)
+    roofs = layout.building_id >= 0
+    height[roofs] = _roof_height(layout, xx[roofs], yy[roofs])
+    # Each roof and crown its own surface: slopes are taken within one, not down its edges.
+    owner = np.where(roofs, layout.building_id, -1).astype(np.int64)
+    owner[crowns] = size * size + np.ravel_multi_index(tuple(layout.nearest_tree_top[:, crowns]), (size, size))
+    slope = [_slope_within(height, owner, axis) for axis in (0, 1)]
+
+    elevation, azimuth = math.radians(SUN_ELEVATION_DEG), math.radians(SUN_AZIMUTH_DEG)
+    sun_row, sun_col = -math.cos(elevation) * math.cos(azimuth), math.cos(elevation) * math.sin(azimuth)
+    normal_length = np.sqrt(1 + slope[0] ** 2 + slope[1] ** 2)
+    incidence = (math.sin(elevation) - slope[0] * sun_row - slope[1] * sun_col) / normal_length
+    rows, cols = np.mgrid[0:size, 0:size].astype(float)
+    rise = math.tan(elevation)
+    shadow = np.zeros(height.shape, bool)
+    for distance in np.arange(0.5, height.max() / rise + 0.5, 0.5):
+        toward = ndimage.map_coordinates(height, [rows + distance * sun_row / math.cos(elevation),
+                                                  cols + distance * sun_col / math.cos(elevation)],
+                                         order=0, mode="nearest")
+        shadow |= toward > height + distance * rise
+    sunlit = 1 - np.clip(ndimage.gaussian_filter(shadow.astype(float), 0.5), 0.0, 1.0)
+    return DIFFUSE_SHARE + (1 - DIFFUSE_SHARE) * sunlit * np.maximum(incidence, 0) / math.sin(elevation)
+
+
+def _slope_within(height: np.ndarray, owner: np.ndarray, axis: int) -> np.ndarray:
+    """dh per pixel along an axis, from the neighbours of the same owner (0 where neither is)."""
+    padded_height, padded_owner = np.pad(height, 1, mode="edge"), np.pad(owner, 1, constant_values=-2)
+    inner = slice(1, -1)
+    total, count = np.zeros(height.shape), np.zeros(height.shape)
+    for step in (-1, 1):
+        window = [inner, inner]
+        window[axis] = slice(1 + step, padded_height.shape[axis] - 1 + step)
+        same = padded_owner[tuple(window)] == owner
+        total += np.where(same, step * (padded_height[tuple(window)] - height), 0.0)
+        count += same
+    return total / np.maximum(count, 1)
 
 
 def _labels(rng, cover: np.ndarray, config: Config, shifted: bool) -> np.ndarray:
@@ -459,6 +546,10 @@ def _point_cloud(rng, layout: _Layout, config: Config) -> dict[str, np.ndarray]:
     x, y = x[pulse], y[pulse]
     classification = np.array([SIGNATURES[name].asprs_class for name in names])[kind]
     intensity = np.array([SIGNATURES[name].intensity for name in names], float)[kind]
+    # On grass and bare soil a return comes from green vegetation or from soil, as the pixel's green cover has it.
+    mixed = np.isin(kind, [index[name] for name in ENDMEMBER_CLASSES])
+    vegetation = mixed & (rng.random(n) < layout.green_cover[_pixel(x, y, size)])
+    intensity[mixed] = np.where(vegetation, SIGNATURES["grass"].intensity, SIGNATURES["bare_soil"].intensity)[mixed]
     height = np.abs(rng.normal(0, 0.03, n))  # bare ground roughness
 
     under_trees = is_tree[pulse]
@@ -473,7 +564,7 @@ def _point_cloud(rng, layout: _Layout, config: Config) -> dict[str, np.ndarray]:
     # A pulse split over several surfaces returns only a share of its energy from each.
     intensity[count > 1] *= np.where(number == 1, 0.55, 0.35)[count > 1]
 
-    low_grass = (kind == index["grass"]) & (rng.random(n) < 0.3)
+    low_grass = vegetation & (rng.random(n) < 0.3)
     height[low_grass] = rng.uniform(0.1, SIGNATURES["grass"].height_m[1], n)[low_grass]
     classification[low_grass] = 3
     water = kind == index["water"]
@@ -494,14 +585,19 @@ def _point_cloud(rng, layout: _Layout, config: Config) -> dict[str, np.ndarray]:
 
 def _canopy(rng, layout: _Layout, x, y):
     """Crown surface height under each pulse, and whether the pulse finds a gap between crowns."""
+    crown, inside = _crown_surface(layout, x, y)
+    return crown, ~inside | (rng.random(x.size) < 0.05)
+
+
+def _crown_surface(layout: _Layout, x, y):
+    """Height of the nearest crown's surface at scene coordinates, and whether they lie inside that crown."""
     pixel = _pixel(x, y, layout.cover.shape[0])
     top_row, top_col = layout.nearest_tree_top[0][pixel], layout.nearest_tree_top[1][pixel]
     radius = layout.crown_radius[top_row, top_col]
     distance = np.hypot(x - (top_col + 0.5), y - (top_row + 0.5))
-    in_gap = (distance > radius) | (rng.random(x.size) < 0.05)
     # Crowns are flattened domes: 30% lower at the rim than at the top.
     relative = np.minimum(distance / np.maximum(radius, 1e-6), 1.0)
-    return layout.tree_top_height[top_row, top_col] * (1 - 0.3 * relative ** 2), in_gap
+    return layout.tree_top_height[top_row, top_col] * (1 - 0.3 * relative ** 2), distance <= radius
 
 
 def _roof_height(layout: _Layout, x, y) -> np.ndarray:
