@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     def command(name: str, help_text: str, within=commands) -> argparse.ArgumentParser:
         return within.add_parser(name, help=help_text, description=help_text, parents=[verbose])
 
-    run = command("run", "run the whole pipeline locally (LocalDagRunner, Beam DirectRunner), then write the "
+    run = command("run", "run the whole pipeline locally (LocalDagRunner, the Beam runner of run.beam_runner), then write the "
                          "run's page under the pipeline root and print its path")
     _config_arguments(run)
     run.add_argument("--generate-sample-if-missing", action="store_true",

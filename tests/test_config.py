@@ -81,6 +81,8 @@ BAD_NUMBERS = [
     ("gate.max_macro_recall_drop=-5", "gate.max_macro_recall_drop must be in [0, 1], got -5.0"),
     ("gate.max_majority_excess=2", "gate.max_majority_excess must be in [0, 1], got 2.0"),
     ("run.direct_num_workers=-1", "run.direct_num_workers must be >= 0, got -1"),
+    ("beam.parallelism=-1", "beam.parallelism must be >= 0, got -1"),
+    ("beam.max_num_workers=-2", "beam.max_num_workers must be >= 0, got -2"),
     ("model.epochs=0", "model.epochs must be >= 1, got 0"),
     ("model.learning_rate=-0.001", "model.learning_rate must be > 0, got -0.001"),
     ("classes=[{id: 1, name: a, min_recall: 1.5}, {id: 2, name: b}]",
@@ -120,7 +122,8 @@ def test_every_numeric_setting_has_bounds_and_a_bad_value_tested():
 @pytest.mark.parametrize("override", [
     "model.dropout=0", "ingest.max_per_class=0", "gate.max_macro_recall_drop=0", "gate.min_class_recall=1",
     "model.seed=4294967295", "model.effective_number_beta=0", "transform.height_clip_m=[-2.5, 0]",
-    "model.branch_filters=[]", "run.direct_num_workers=0", "model.learning_rate=30",
+    "model.branch_filters=[]", "run.direct_num_workers=0", "model.learning_rate=30", "beam.parallelism=0",
+    "beam.max_num_workers=0",
 ])
 def test_values_at_the_edges_are_accepted(override):
     load_config(None, [override])

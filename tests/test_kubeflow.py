@@ -20,6 +20,7 @@ from foundation.environment import TENSORFLOW_ENVIRONMENT
 from foundation.published import model_versions, read_training_record
 from foundation.scene_folder import MULTISPECTRAL_FILE, SPAN_PREFIX, span_folder
 from pipeline import cli, kfp_client, kfp_compile
+from pipeline.beam_runners import beam_args
 from pipeline.component_ids import (BASELINE, DRIFT_GATE, EVALUATOR, PUSHER, SCENE_EXAMPLE_GEN, SCHEMA_GEN, TRAINER,
                                     TRANSFORM)
 from pipeline.dag import create_pipeline, training_code_fingerprint
@@ -148,6 +149,17 @@ def test_every_entry_module_and_executor_class_of_the_spec_imports_outside_the_c
     """)
     env = {**os.environ, **TENSORFLOW_ENVIRONMENT, "PYTHONPATH": ""}
     subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, check=True)
+
+
+def test_the_beam_runner_settings_reach_every_step_of_the_spec(config, tmp_path):
+    flink = config.replace({"run.beam_runner": "flink", "beam.flink_master": "flink-jobmanager.flink:8081",
+                            "beam.parallelism": 8, "run.beam_args": ["--max_parallelism=64"],
+                            "kubeflow.spec_file": str(tmp_path / "flink.yaml")})
+    spec = yaml.safe_load(kfp_compile.compile_pipeline(flink).read_text())
+    expected = beam_args(flink)
+    assert "--runner=FlinkRunner" in expected and expected[-1] == "--max_parallelism=64"
+    for label, container in containers(spec).items():
+        assert container["args"][-len(expected):] == expected, label
 
 
 def test_spec_file_must_be_yaml_and_cluster_paths_must_mean_something_in_a_container(config):

@@ -4,6 +4,7 @@ Fast tests drive the tiling, masking and outputs with a numpy stand-in for the m
 contract: raw tile in, probabilities of every window out) on tiny scenes whose answer is known; the slow ones map
 scenes with the model the shared end-to-end run pushed, against its own serving signature.
 """
+import glob
 import json
 import math
 import os
@@ -13,19 +14,21 @@ import numpy as np
 import pytest
 import rasterio
 from numpy.lib.stride_tricks import sliding_window_view
+from conftest import output_uri
 from tiny_scenes import REFERENCE_CRS, SIZE, reference_transform, truth, write_scene
 
 from components.patches import encode_examples, extract_patches, window_valid
 from components.scenes import SceneError, load_scene
-from foundation.config import Config
+from foundation.config import TEST, Config
 from foundation.published import (MAP_INPUT, MAP_SIGNATURE, PROBABILITIES, SERVING_SIGNATURE,
                                   write_training_record)
 from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, span_folder
+from pipeline.component_ids import SCENE_EXAMPLE_GEN
 from pipeline.predict import (CLASSES_TAG, CONFIDENCE, MAP_SUFFIX, NODATA, PROBABILITIES_SUFFIX, RECALL_SUFFIX,
                               MapModel, PredictError, class_colours, load_map_model, predict_scene, predict_scenes,
                               scene_dirs_of_span)
 from synth.scenes import generate_sample
-from transforms.features import layout
+from transforms.features import COL, LABEL, ROW, SCENE_ID, layout, raw_feature_spec
 
 CONFIG = Config()
 P = CONFIG.ingest.patch_size
@@ -336,3 +339,33 @@ def test_a_scene_twice_the_default_side_runs_in_tiles_and_maps_as_in_one(trained
 
     assert tiled.tiles > 1 and whole.tiles == 1
     np.testing.assert_array_equal(read_band(tiled.map_path), read_band(whole.map_path))
+
+
+@pytest.mark.slow
+def test_recall_on_a_scenes_test_examples_is_the_evaluators_on_them(e2e_config, trained, tmp_path):
+    """The Evaluator's data for one scene (the e2e run's test examples cut from it) scored two ways: through
+    serving_default as the Evaluator scores them, and by reading the class map at the examples' centre pixels."""
+    import tensorflow as tf
+
+    from models.metrics import argmax_recalls
+
+    files = glob.glob(os.path.join(output_uri(e2e_config, SCENE_EXAMPLE_GEN, "examples"), f"Split-{TEST}", "*.gz"))
+    serialized = np.concatenate([b.numpy() for b in tf.data.TFRecordDataset(files, "GZIP").batch(4096)])
+    spec = raw_feature_spec(e2e_config)
+    where = {k: v.numpy() for k, v in tf.io.parse_example(serialized, {k: spec[k] for k in (LABEL, SCENE_ID, ROW, COL)})
+             .items()}
+    scene_ids, counts = np.unique(where[SCENE_ID], return_counts=True)
+    scene_id = scene_ids[np.argmax(counts)]
+    mine = where[SCENE_ID] == scene_id
+    classes = len(e2e_config.class_ids)
+    labels = np.asarray(e2e_config.class_indices(where[LABEL][mine]))
+    serve = tf.saved_model.load(trained.model_dir).signatures[SERVING_SIGNATURE]
+    evaluators = argmax_recalls(labels, serve(examples=tf.constant(serialized[mine]))[PROBABILITIES].numpy(), classes)
+
+    scene_dir = os.path.join(e2e_config.run.data_root, span_folder(1), scene_id.decode())
+    result = predict_scene(trained, scene_dir, tmp_path / "out", progress="off")
+    mapped = read_band(result.map_path)[where[ROW][mine], where[COL][mine]]
+    assert NODATA not in mapped  # every test example's window was valid, so its pixel is mapped
+    from_map = argmax_recalls(labels, np.eye(classes)[e2e_config.class_indices(mapped)], classes)
+    assert mine.sum() >= 200 and len(set(labels)) == classes
+    np.testing.assert_allclose(from_map, evaluators, atol=0.005)
