@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import rasterio
 from numpy.lib.stride_tricks import sliding_window_view
-from conftest import output_uri
 from tiny_scenes import REFERENCE_CRS, SIZE, reference_transform, truth, write_scene
 
 from components.patches import encode_examples, extract_patches, window_valid
@@ -23,7 +22,7 @@ from foundation.config import TEST, Config
 from foundation.published import (MAP_INPUT, MAP_SIGNATURE, PROBABILITIES, SERVING_SIGNATURE,
                                   write_training_record)
 from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, span_folder
-from pipeline.component_ids import SCENE_EXAMPLE_GEN
+from pipeline.component_ids import SCENE_EXAMPLE_GEN, TRAINER
 from pipeline.predict import (CLASSES_TAG, CONFIDENCE, MAP_SUFFIX, NODATA, PROBABILITIES_SUFFIX, RECALL_SUFFIX,
                               MapModel, PredictError, class_colours, load_map_model, predict_scene, predict_scenes,
                               scene_dirs_of_span)
@@ -342,14 +341,20 @@ def test_a_scene_twice_the_default_side_runs_in_tiles_and_maps_as_in_one(trained
 
 
 @pytest.mark.slow
-def test_recall_on_a_scenes_test_examples_is_the_evaluators_on_them(e2e_config, trained, tmp_path):
-    """The Evaluator's data for one scene (the e2e run's test examples cut from it) scored two ways: through
-    serving_default as the Evaluator scores them, and by reading the class map at the examples' centre pixels."""
+def test_recall_on_a_scenes_test_examples_is_the_evaluators_on_them(e2e_config, first_run, tmp_path):
+    """The Evaluator's data for one scene (the first e2e run's test examples cut from it) scored two ways: through
+    its model's serving_default as the Evaluator scores them, and by reading that model's class map at the
+    examples' centre pixels. Everything comes from the first run: later e2e runs add spans and push other models."""
     import tensorflow as tf
 
     from models.metrics import argmax_recalls
+    from pipeline.summary import last_run, run_ids, span
 
-    files = glob.glob(os.path.join(output_uri(e2e_config, SCENE_EXAMPLE_GEN, "examples"), f"Split-{TEST}", "*.gz"))
+    runs = last_run(e2e_config, run_ids(e2e_config)[0])
+    (examples_uri,) = [r.outputs["examples"][0].uri for r in runs if r.node == SCENE_EXAMPLE_GEN]
+    (model_uri,) = [r.outputs["model"][0].uri for r in runs if r.node == TRAINER]
+    model = load_map_model(os.path.join(model_uri, "Format-Serving"))
+    files = glob.glob(os.path.join(examples_uri, f"Split-{TEST}", "*.gz"))
     serialized = np.concatenate([b.numpy() for b in tf.data.TFRecordDataset(files, "GZIP").batch(4096)])
     spec = raw_feature_spec(e2e_config)
     where = {k: v.numpy() for k, v in tf.io.parse_example(serialized, {k: spec[k] for k in (LABEL, SCENE_ID, ROW, COL)})
@@ -359,11 +364,11 @@ def test_recall_on_a_scenes_test_examples_is_the_evaluators_on_them(e2e_config, 
     mine = where[SCENE_ID] == scene_id
     classes = len(e2e_config.class_ids)
     labels = np.asarray(e2e_config.class_indices(where[LABEL][mine]))
-    serve = tf.saved_model.load(trained.model_dir).signatures[SERVING_SIGNATURE]
+    serve = tf.saved_model.load(model.model_dir).signatures[SERVING_SIGNATURE]
     evaluators = argmax_recalls(labels, serve(examples=tf.constant(serialized[mine]))[PROBABILITIES].numpy(), classes)
 
-    scene_dir = os.path.join(e2e_config.run.data_root, span_folder(1), scene_id.decode())
-    result = predict_scene(trained, scene_dir, tmp_path / "out", progress="off")
+    scene_dir = os.path.join(e2e_config.run.data_root, span_folder(span(runs)), scene_id.decode())
+    result = predict_scene(model, scene_dir, tmp_path / "out", progress="off")
     mapped = read_band(result.map_path)[where[ROW][mine], where[COL][mine]]
     assert NODATA not in mapped  # every test example's window was valid, so its pixel is mapped
     from_map = argmax_recalls(labels, np.eye(classes)[e2e_config.class_indices(mapped)], classes)
