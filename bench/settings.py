@@ -30,8 +30,10 @@ QUICK_SCENE_SIDE = 112
 QUICK_OVERRIDES = {"model.epochs": 1, "ingest.block_size": 24, "gate.min_class_recall": 0.0,
                    "gate.min_test_examples_per_class": 1, "gate.max_majority_excess": 1.0}
 
-# Issue 11's unseen scenes: generator seed = data seed + this, every labelled pixel with a valid window.
-UNSEEN_SEED_OFFSET = 100
+# Issue 11's unseen scenes: generator seed = data seed + this, every labelled pixel with a valid window. Scenes that
+# chose something cannot judge it: seeds + 100 chose the sample and the fully convolutional model, seeds + 200 the
+# stream dropout and the training length (docs/design-notes.md), so the benchmark reports on seeds + 300.
+UNSEEN_SEED_OFFSET = 300
 UNSEEN = "unseen"
 
 # The full configuration is retrained with model.seed + this against its own published model: a rerun with the

@@ -21,3 +21,18 @@ def random_symmetries(inputs: dict[str, tf.Tensor], seed: int) -> dict[str, tf.T
     return {name: tf.gather(tf.stack([symmetry(patches, i) for i in range(SYMMETRIES)], axis=1), drawn,
                             axis=1, batch_dims=1)
             for name, patches in inputs.items()}
+
+
+def stream_dropout(inputs: dict[str, tf.Tensor], rate: float, seed: int) -> dict[str, tf.Tensor]:
+    """With probability `rate`, an example loses one of its streams, drawn at random: zeros, the mean of the
+    normalised stream, so no information. A fused model then has to classify from either stream alone too, and
+    cannot lean on one stream's scene-specific detail where the other already tells the classes apart."""
+    streams = list(inputs)
+    batch = tf.shape(inputs[streams[0]])[0]
+    dropped = tf.random.uniform([batch], seed=seed) < rate
+    which = tf.random.uniform([batch], 0, len(streams), dtype=tf.int32, seed=seed + 1)
+    kept = {}
+    for index, name in enumerate(streams):
+        keep = tf.logical_not(tf.logical_and(dropped, tf.equal(which, index)))
+        kept[name] = inputs[name] * tf.reshape(tf.cast(keep, inputs[name].dtype), [-1, 1, 1, 1])
+    return kept

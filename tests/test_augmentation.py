@@ -3,7 +3,7 @@ import numpy as np
 import tensorflow as tf
 
 from foundation.config import Config
-from models.augmentation import SYMMETRIES, random_symmetries, symmetry
+from models.augmentation import SYMMETRIES, random_symmetries, stream_dropout, symmetry
 from models.fused_cnn import STREAMS_BY_MODE
 from transforms.features import LABEL_INDEX, layout
 
@@ -68,13 +68,36 @@ def test_the_trainers_dataset_leaves_labels_alone(tmp_path):
             feature[LABEL_INDEX] = tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 6]))
             writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
 
-    def batches(augment):
+    def batches(augment, config=config):
         return list(trainer._dataset(path, TransformOutput(), config, streams, shuffle_buffer=0, augment=augment))
 
     centre = lay.patch_size // 2
-    for (plain, plain_labels), (moved, moved_labels) in zip(batches(False), batches(True)):
+    symmetries_only = config.replace({"model.stream_dropout": 0.0})
+    for (plain, plain_labels), (moved, moved_labels), (dropped, dropped_labels) in zip(
+            batches(False), batches(True, symmetries_only), batches(True)):
         np.testing.assert_array_equal(moved_labels.numpy(), plain_labels.numpy())
+        np.testing.assert_array_equal(dropped_labels.numpy(), plain_labels.numpy())
         for s in streams:
-            assert moved[s].shape == plain[s].shape
+            assert moved[s].shape == dropped[s].shape == plain[s].shape
             np.testing.assert_array_equal(moved[s][:, centre, centre].numpy(), plain[s][:, centre, centre].numpy())
         assert not np.array_equal(moved[streams[0]].numpy(), plain[streams[0]].numpy())
+        lost = [np.all(dropped[s].numpy() == 0, axis=(1, 2, 3)) for s in streams]
+        assert np.any(np.logical_or(*lost)), "the shipped config drops a stream of some training examples"
+        assert not np.any(np.logical_and(*lost))
+
+
+def test_stream_dropout_zeroes_one_whole_stream_of_about_its_share_of_examples():
+    inputs = _batch(n=4000)
+    out = {name: t.numpy() for name, t in stream_dropout({k: tf.constant(v) for k, v in inputs.items()},
+                                                          rate=0.3, seed=3).items()}
+    zeroed = {name: np.all(out[name] == 0, axis=(1, 2, 3)) for name in inputs}
+    for name in inputs:
+        assert out[name].shape == inputs[name].shape
+        kept = ~zeroed[name]
+        np.testing.assert_array_equal(out[name][kept], inputs[name][kept])
+    assert not np.any(zeroed["ms"] & zeroed["lidar"]), "an example keeps at least one stream"
+    assert abs(np.mean(zeroed["ms"] | zeroed["lidar"]) - 0.3) < 0.03
+    assert abs(np.mean(zeroed["ms"]) - np.mean(zeroed["lidar"])) < 0.04, "either stream is dropped alike"
+    unchanged = stream_dropout({k: tf.constant(v) for k, v in inputs.items()}, rate=0.0, seed=3)
+    for name in inputs:
+        np.testing.assert_array_equal(unchanged[name].numpy(), inputs[name])

@@ -69,6 +69,7 @@ BAD_NUMBERS = [
     ("model.fused_filters=0", "model.fused_filters must be >= 1, got 0"),
     ("model.dense_units=-4", "model.dense_units must be >= 1, got -4"),
     ("model.dropout=1", "model.dropout must be in [0, 1), got 1.0"),
+    ("model.stream_dropout=1", "model.stream_dropout must be in [0, 1), got 1.0"),
     ("model.learning_rate=0", "model.learning_rate must be > 0, got 0.0"),
     ("model.batch_size=0", "model.batch_size must be >= 1, got 0"),
     ("model.epochs=-1", "model.epochs must be >= 1, got -1"),
