@@ -1,6 +1,7 @@
 # The one image every step of the compiled Kubeflow pipeline runs in (kubeflow.image), and the Beam worker image
 # when a data step runs on Dataflow, Flink or Spark (--sdk_container_image):
 #   docker build -t terrafuse:0.1.0 .
+#   docker build --build-arg TENSORFLOW=gpu -t terrafuse:0.1.0-gpu .    # with the CUDA libraries (see below)
 # The spec's steps call `python -m tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor` and, for the
 # scene ExampleGen's pre-cache check, `python -m tfx.orchestration.kubeflow.v2.file_based_example_gen.driver`;
 # both come with the locked tfx. The project sits at /opt/terrafuse (pipeline/kfp_compile.py, IMAGE_PROJECT_DIR),
@@ -25,6 +26,16 @@ COPY requirements.lock /opt/terrafuse/requirements.lock
 # compile TensorFlow and TFX from source on import (about 3x slower imports, measured on the development machines).
 RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-deps --compile-bytecode \
         -r /opt/terrafuse/requirements.lock
+# GPU TensorFlow for a Trainer given GPUs (kubeflow.trainer_gpu_count): `--build-arg TENSORFLOW=gpu` adds the CUDA
+# libraries of the locked tensorflow's `and-cuda` extra (tensorflow pins them exactly; its libraries find them
+# through their RUNPATH), the lock constraining everything else. The default, cpu, installs nothing more.
+ARG TENSORFLOW=cpu
+RUN case "$TENSORFLOW" in \
+        cpu) ;; \
+        gpu) /opt/venv/bin/uv pip install --python /opt/venv/bin/python --compile-bytecode \
+                 --constraint /opt/terrafuse/requirements.lock "tensorflow[and-cuda]" ;; \
+        *) echo "TENSORFLOW must be cpu or gpu, got '$TENSORFLOW'" >&2; exit 1 ;; \
+    esac
 COPY . /opt/terrafuse
 RUN /opt/venv/bin/uv pip install --python /opt/venv/bin/python --no-deps --no-build-isolation -e /opt/terrafuse \
     && /opt/venv/bin/pip uninstall --yes uv

@@ -207,6 +207,23 @@ class BeamConfig:
     machine_type: str = ""  # dataflow: the workers' machine type; empty, Dataflow's default
 
 
+# Where the compiled Transform and Trainer find their code: "image", by import path in the image the steps run
+# in (nothing is written at compile time); "wheel", TFX's module-file wheel under the pipeline root.
+MODULE_SOURCES = ("image", "wheel")
+STEP_RESOURCE_KEYS = ("cpu_request", "cpu_limit", "memory_request_gb", "memory_limit_gb")
+
+
+@dataclass(frozen=True)
+class StepResources:
+    """One step's container resources, overriding the kubeflow.* defaults of the keys it sets (None: the default)."""
+
+    step: str = ""  # a component id of the DAG (pipeline/component_ids.py), e.g. Trainer
+    cpu_request: float | None = None
+    cpu_limit: float | None = None
+    memory_request_gb: float | None = None
+    memory_limit_gb: float | None = None
+
+
 @dataclass(frozen=True)
 class KubeflowConfig:
     """Where the compiled pipeline runs: the paths are as the cluster's containers see them."""
@@ -219,6 +236,32 @@ class KubeflowConfig:
     serving_dir: str = ""  # a POSIX path (mounted volume): pushes are atomic renames; empty: <pipeline_root>/serving
     spec_file: str = "outputs/kubeflow/terrafuse.yaml"
     cron: str = "0 0 3 * * *"  # KFP cron: six fields, seconds first
+    module_source: str = "image"  # one of MODULE_SOURCES
+    # Every step's container resources (0: not set, the cluster's default): CPU in cores, memory in GB of 10^9
+    # bytes, the KFP spec's units. A local run of the default sample peaks at 1.2 GiB, a 16x one at 3.7 GiB,
+    # every step in one process (docs/benchmarks.md); a step alone needs less.
+    cpu_request: float = 1.0
+    cpu_limit: float = 2.0
+    memory_request_gb: float = 2.0
+    memory_limit_gb: float = 4.0
+    # Steps that need other resources than the defaults above; a list replaces this one whole.
+    step_resources: tuple[StepResources, ...] = (
+        StepResources("Trainer", cpu_request=2.0, cpu_limit=4.0, memory_request_gb=4.0, memory_limit_gb=8.0),
+    )
+    # GPUs for the Trainer (0: none) and their kind: a Kubernetes resource name on the open-source backend
+    # (nvidia.com/gpu), an accelerator type such as NVIDIA_TESLA_T4 on Vertex AI. Needs an image built with
+    # --build-arg TENSORFLOW=gpu (Dockerfile).
+    trainer_gpu_count: int = 0
+    trainer_gpu_type: str = "nvidia.com/gpu"
+
+    def resources_of(self, step: str | None) -> dict[str, float]:
+        """The resources of one step: its step_resources entry where that sets a key, else the default."""
+        values = {key: getattr(self, key) for key in STEP_RESOURCE_KEYS}
+        for entry in self.step_resources:
+            if entry.step == step:
+                values.update({key: getattr(entry, key) for key in STEP_RESOURCE_KEYS
+                               if getattr(entry, key) is not None})
+        return values
 
 
 @dataclass(frozen=True)
@@ -453,6 +496,12 @@ NUMERIC_SETTINGS = {
     "run.direct_num_workers": AT_LEAST_0,  # 0: one per core
     "beam.parallelism": AT_LEAST_0,  # 0: the cluster's default
     "beam.max_num_workers": AT_LEAST_0,  # 0: Dataflow's default
+    # kubeflow.step_resources entries are checked against the bounds of the key they override.
+    "kubeflow.cpu_request": AT_LEAST_0,  # 0: not set
+    "kubeflow.cpu_limit": AT_LEAST_0,
+    "kubeflow.memory_request_gb": AT_LEAST_0,
+    "kubeflow.memory_limit_gb": AT_LEAST_0,
+    "kubeflow.trainer_gpu_count": AT_LEAST_0,  # 0: no GPU
 }
 
 
@@ -503,6 +552,7 @@ def _validate(config: Config) -> None:
     _choice("run.direct_running_mode", config.run.direct_running_mode,
             ("in_memory", "multi_threading", "multi_processing"))
     _validate_beam_runner(config)
+    _validate_kubeflow(config.kubeflow)
 
 
 def _validate_beam_runner(config: Config) -> None:
@@ -516,6 +566,29 @@ def _validate_beam_runner(config: Config) -> None:
                           f"{' (or beam.job_endpoint)' if 'spark_rest_url' in missing else ''}; not set")
     if runner == "dataflow" and not config.beam.temp_location.startswith("gs://"):
         raise ConfigError(f"beam.temp_location must be a gs:// folder for Dataflow, got {config.beam.temp_location!r}")
+
+
+def _validate_kubeflow(kubeflow: KubeflowConfig) -> None:
+    _choice("kubeflow.module_source", kubeflow.module_source, MODULE_SOURCES)
+    # The steps' ids are checked against the DAG when it compiles (pipeline/kfp_compile.py): they live above here.
+    steps = [entry.step for entry in kubeflow.step_resources]
+    if "" in steps or len(set(steps)) != len(steps):
+        raise ConfigError(f"kubeflow.step_resources must name each step once (`step: Trainer`), got {steps}")
+    for entry in kubeflow.step_resources:
+        for key in STEP_RESOURCE_KEYS:
+            if getattr(entry, key) is not None:
+                NUMERIC_SETTINGS[f"kubeflow.{key}"].admit(f"kubeflow.step_resources[{entry.step}].{key}",
+                                                          getattr(entry, key))
+    for step in (None, *steps):
+        values = kubeflow.resources_of(step)
+        for request, limit in (("cpu_request", "cpu_limit"), ("memory_request_gb", "memory_limit_gb")):
+            if values[limit] and values[request] > values[limit]:
+                where = "kubeflow" if step is None else f"kubeflow.step_resources[{step}] (with the defaults)"
+                raise ConfigError(f"{where}: {request} {values[request]} is above {limit} {values[limit]}; "
+                                  f"Kubernetes refuses such a pod (a limit of 0 means none)")
+    if kubeflow.trainer_gpu_count and not kubeflow.trainer_gpu_type:
+        raise ConfigError(f"kubeflow.trainer_gpu_count is {kubeflow.trainer_gpu_count} but kubeflow.trainer_gpu_type "
+                          f"is empty: name the accelerator, e.g. nvidia.com/gpu")
 
 
 def convolved_patch_side(config: Config) -> int:

@@ -31,24 +31,36 @@ from pipeline.component_ids import (BASELINE, DATA_GATE, DRIFT_GATE, EVALUATOR, 
 from schemas.curated import DEFAULT_SCHEMA_FILE, schema_feature_names
 from transforms.features import LABEL, layout
 
+# The user code of Transform and Trainer, as TFX's module files (kubeflow.module_source "wheel", and local runs)...
 TRANSFORM_MODULE = os.path.join(PROJECT_DIR, "transforms", "preprocessing.py")
 TRAINER_MODULE = os.path.join(PROJECT_DIR, "models", "trainer.py")
-# The code a trained model depends on besides its config: a change here means a different model.
+# ... and by import path, from the project installed in the image ("image").
+PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
+RUN_FN = "models.trainer.run_fn"
+# The code each step's output depends on besides its config: a change here means a different output.
+TRANSFORM_CODE = ("foundation", "transforms")
 TRAINING_CODE = ("foundation", "models", "transforms")
 
 
-def training_code_fingerprint(schema_path: str) -> str:
-    """sha256 of the training code and the schema, so the Trainer never reuses a model built by other code."""
+def code_fingerprint(packages: tuple[str, ...], schema_path: str | None = None) -> str:
+    """sha256 of the packages' Python source (and the schema): in a step's custom_config, so that TFX's cache key
+    changes with the code, which a step naming its function by import path would not show otherwise."""
     digest = hashlib.sha256()
-    for entry in TRAINING_CODE:
+    for entry in packages:
         full = os.path.join(PROJECT_DIR, entry)
         for path in sorted(glob.glob(os.path.join(full, "*.py"))) if os.path.isdir(full) else [full]:
             digest.update(os.path.relpath(path, PROJECT_DIR).encode())
             with open(path, "rb") as f:
                 digest.update(f.read())
-    with fileio.open(schema_path, "rb") as f:  # the schema may be on a bucket
-        digest.update(f.read())
+    if schema_path:
+        with fileio.open(schema_path, "rb") as f:  # the schema may be on a bucket
+            digest.update(f.read())
     return digest.hexdigest()
+
+
+def training_code_fingerprint(schema_path: str) -> str:
+    """The training code and the schema, so the Trainer never reuses a model built by other code."""
+    return code_fingerprint(TRAINING_CODE, schema_path)
 
 
 def schema_file(config: Config) -> str:
@@ -73,8 +85,10 @@ def label_skew_config(config: Config) -> distribution_validator_pb2.Distribution
     )
 
 
-def create_pipeline(config: Config, metadata_connection_config=None) -> Pipeline:
-    """The whole DAG; runners add only where it runs (metadata store, orchestrator)."""
+def create_pipeline(config: Config, metadata_connection_config=None, module_source: str = "wheel") -> Pipeline:
+    """The whole DAG; runners add only where it runs (metadata store, orchestrator) and where Transform and Trainer
+    find their code: "wheel", TFX packs each module file's folder into a wheel under the pipeline root, installed
+    at every execution; "image", functions named by import path, the project being installed where they run."""
     if "://" in config.serving_dir:
         raise ConfigError(f"the serving dir {config.serving_dir} is a URI: it must be a POSIX path (a local disk or "
                           f"a mounted volume), because a push is an atomic rename; set run.serving_dir")
@@ -105,11 +119,14 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> Pipeline
         config_json=config.restricted("validation", "streams").to_json(),
         serving_dir=config.serving_dir,
     ).with_id(DRIFT_GATE)
+    by_import_path = module_source == "image"
     transform = Transform(
         examples=example_gen.outputs["examples"],
         schema=schema_gen.outputs["schema"],
-        module_file=os.path.normpath(TRANSFORM_MODULE),
-        custom_config={"config": config.restricted("streams", "ingest", "transform").to_dict()},
+        module_file=None if by_import_path else os.path.normpath(TRANSFORM_MODULE),
+        preprocessing_fn=PREPROCESSING_FN if by_import_path else None,
+        custom_config={"config": config.restricted("streams", "ingest", "transform").to_dict(),
+                       "code": code_fingerprint(TRANSFORM_CODE)},
         # StatisticsGen already describes the raw data; Transform's own pre/post statistics are a second pass.
         disable_statistics=True,
         # The Evaluator reads the raw test split through the model's own Transform graph: nothing to write for it.
@@ -118,7 +135,8 @@ def create_pipeline(config: Config, metadata_connection_config=None) -> Pipeline
     transform.add_upstream_node(data_gate)
     transform.add_upstream_node(drift_gate)
     trainer = Trainer(
-        module_file=os.path.normpath(TRAINER_MODULE),
+        module_file=None if by_import_path else os.path.normpath(TRAINER_MODULE),
+        run_fn=RUN_FN if by_import_path else None,
         examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"],
         schema=schema_gen.outputs["schema"],

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from foundation.config import PROJECT_DIR, Config, ConfigError
+from foundation.config import PROJECT_DIR, Config, ConfigError, KubeflowConfig
+from pipeline.component_ids import TRAINER
 
 # Where the Dockerfile installs the project: the curated schema's path inside the image starts here.
 IMAGE_PROJECT_DIR = "/opt/terrafuse"
@@ -56,22 +57,27 @@ def _cluster_path(key: str, value: str) -> str:
 def compile_pipeline(config: Config) -> Path:
     """Compiles create_pipeline for the cluster into config.kubeflow.spec_file (a KFP PipelineSpec YAML).
 
-    The user-code wheels of Transform and Trainer are built now, into <pipeline root>/_wheels: the cluster
-    must be able to read that folder at run time.
+    With kubeflow.module_source "image" (the default) Transform and Trainer name their functions by import path in
+    the image, and compiling reads and writes nothing under the pipeline root. With "wheel" their user-code wheels
+    are built now, into <pipeline root>/_wheels: this machine must be able to write there, the cluster to read.
     """
     spec_file = Path(config.kubeflow.spec_file)
     if spec_file.suffix not in SPEC_SUFFIXES:
         raise ConfigError(f"kubeflow.spec_file {str(spec_file)!r} must end in .yaml: the kfp client rejects .json "
                           f"packages, and for .json KubeflowV2DagRunner writes a Vertex PipelineJob instead")
     paths = cluster_paths(config)
+    import yaml
     from tfx.orchestration.kubeflow.v2 import kubeflow_v2_dag_runner as runner
 
     from pipeline.dag import create_pipeline
 
     cluster_config = config.replace({"run.pipeline_root": paths.pipeline_root, "run.data_root": paths.data_root,
                                      "run.serving_dir": paths.serving_dir})
-    pipeline = create_pipeline(cluster_config)
+    pipeline = create_pipeline(cluster_config, module_source=config.kubeflow.module_source)
     _schema_file_in_image(pipeline)
+    _known_steps(config.kubeflow, pipeline)
+    for component in pipeline.components:
+        component.with_platform_config(step_resources(config.kubeflow, component.id))
     spec_file.parent.mkdir(parents=True, exist_ok=True)
     runner.KubeflowV2DagRunner(
         runner.KubeflowV2DagRunnerConfig(default_image=config.kubeflow.image,
@@ -79,8 +85,34 @@ def compile_pipeline(config: Config) -> Path:
         output_dir=str(spec_file.parent),
         output_filename=spec_file.name,
     ).run(pipeline)
-    _ingest_every_run(spec_file, pipeline)
+    spec = yaml.safe_load(spec_file.read_text())
+    _ingest_every_run(spec, pipeline)
+    _example_gen_resources(spec, pipeline)
+    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
     return spec_file
+
+
+def step_resources(kubeflow: KubeflowConfig, step: str) -> Any:
+    """The step's container resources as the spec holds them (a ResourceSpec: cores, GB of 10^9 bytes; 0 is unset),
+    from kubeflow.* and kubeflow.step_resources; the Trainer's GPUs from kubeflow.trainer_gpu_*."""
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    values = kubeflow.resources_of(step)
+    resources = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec(
+        cpu_request=values["cpu_request"], cpu_limit=values["cpu_limit"],
+        memory_request=values["memory_request_gb"], memory_limit=values["memory_limit_gb"])
+    if step == TRAINER and kubeflow.trainer_gpu_count:
+        resources.accelerator.type = kubeflow.trainer_gpu_type
+        resources.accelerator.count = kubeflow.trainer_gpu_count
+    return resources
+
+
+def _known_steps(kubeflow: KubeflowConfig, pipeline: Any) -> None:
+    """kubeflow.step_resources may only name steps of the DAG: a misspelt one would be silently ignored."""
+    ids = [component.id for component in pipeline.components]
+    unknown = [entry.step for entry in kubeflow.step_resources if entry.step not in ids]
+    if unknown:
+        raise ConfigError(f"kubeflow.step_resources names {unknown}, not a step of the DAG: one of {ids}")
 
 
 # ---- Spec patches: every departure from what KubeflowV2DagRunner writes by default, and why ----------------------
@@ -91,7 +123,7 @@ def compile_pipeline(config: Config) -> Path:
 USE_PIPELINE_SPEC_2_1 = True
 
 
-def _ingest_every_run(spec_file: Path, pipeline: Any) -> None:
+def _ingest_every_run(spec: dict, pipeline: Any) -> None:
     """Switches KFP's cache off for the file-based ExampleGen tasks (after compiling, in the YAML).
 
     The open-source KFP backend does not run the spec's pre-cache check (TFX's span-resolving driver), so the
@@ -99,14 +131,29 @@ def _ingest_every_run(spec_file: Path, pipeline: Any) -> None:
     first span. Uncached, it resolves the newest span itself (components/scene_example_gen.py) and, when
     nothing new came, the Trainer reuses the serving model instead of training (models/trainer.py).
     """
-    import yaml
     from tfx.types.standard_component_specs import INPUT_BASE_KEY
 
-    spec = yaml.safe_load(spec_file.read_text())
     for component in pipeline.components:
         if INPUT_BASE_KEY in component.exec_properties:
             spec["root"]["dag"]["tasks"][component.id]["cachingOptions"] = {}  # enableCache false, as KFP writes it
-    spec_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def _example_gen_resources(spec: dict, pipeline: Any) -> None:
+    """Gives the file-based ExampleGen's container the resources of its platform config (after compiling).
+
+    TFX 1.16's step builder copies a component's platform config into its container spec for every component but
+    a FileBasedExampleGen, whose container it builds separately and without them (`_build_file_based_example_gen_
+    spec` in tfx/orchestration/kubeflow/v2/step_builder.py): ingestion would get the cluster's default resources.
+    """
+    from google.protobuf import json_format
+    from tfx.types.standard_component_specs import INPUT_BASE_KEY
+
+    for component in pipeline.components:
+        if INPUT_BASE_KEY in component.exec_properties:
+            component_ref = spec["root"]["dag"]["tasks"][component.id]["componentRef"]["name"]
+            executor = spec["components"][component_ref]["executorLabel"]
+            spec["deploymentSpec"]["executors"][executor]["container"]["resources"] = json_format.MessageToDict(
+                component.platform_config)
 
 
 def _schema_file_in_image(pipeline: Any) -> None:

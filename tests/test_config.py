@@ -35,6 +35,11 @@ def test_file_then_cli_overrides(tmp_path):
         ("streams.lidar_channels=[intensity]", "include 'height'"),
         ("model.nonsense=1", "unknown config key 'model.nonsense'"),
         ("classes=[{id: 1, name: a}, {id: 1, name: b}]", "distinct positive ids"),
+        ("kubeflow.module_source=bucket", "kubeflow.module_source must be one of"),
+        ("kubeflow.step_resources=[{step: Trainer}, {step: Trainer, cpu_limit: 8}]",
+         "kubeflow.step_resources must name each step once"),
+        ("kubeflow.step_resources=[{cpu_limit: 8}]", "kubeflow.step_resources must name each step once"),
+        ("kubeflow.step_resources=[{step: Trainer, cpus: 8}]", "unknown keys in config.kubeflow.step_resources"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -84,6 +89,16 @@ BAD_NUMBERS = [
     ("run.direct_num_workers=-1", "run.direct_num_workers must be >= 0, got -1"),
     ("beam.parallelism=-1", "beam.parallelism must be >= 0, got -1"),
     ("beam.max_num_workers=-2", "beam.max_num_workers must be >= 0, got -2"),
+    ("kubeflow.cpu_request=-1", "kubeflow.cpu_request must be >= 0, got -1.0"),
+    ("kubeflow.cpu_limit=.inf", "kubeflow.cpu_limit must be >= 0, got inf"),
+    ("kubeflow.memory_request_gb=-0.5", "kubeflow.memory_request_gb must be >= 0, got -0.5"),
+    ("kubeflow.memory_limit_gb=.nan", "kubeflow.memory_limit_gb must be >= 0, got nan"),
+    ("kubeflow.trainer_gpu_count=-1", "kubeflow.trainer_gpu_count must be >= 0, got -1"),
+    ("kubeflow.step_resources=[{step: Evaluator, memory_limit_gb: -8}]",
+     "kubeflow.step_resources[Evaluator].memory_limit_gb must be >= 0, got -8.0"),
+    ("kubeflow.cpu_request=3", "kubeflow: cpu_request 3.0 is above cpu_limit 2.0"),
+    ("kubeflow.step_resources=[{step: Trainer, memory_request_gb: 6}]",
+     "kubeflow.step_resources[Trainer] (with the defaults): memory_request_gb 6.0 is above memory_limit_gb 4.0"),
     ("model.epochs=0", "model.epochs must be >= 1, got 0"),
     ("model.learning_rate=-0.001", "model.learning_rate must be > 0, got -0.001"),
     ("classes=[{id: 1, name: a, min_recall: 1.5}, {id: 2, name: b}]",
@@ -120,11 +135,25 @@ def test_every_numeric_setting_has_bounds_and_a_bad_value_tested():
     assert set(NUMERIC_SETTINGS) <= tested, sorted(set(NUMERIC_SETTINGS) - tested)
 
 
+def test_a_gpu_needs_its_type():
+    with pytest.raises(ConfigError, match="kubeflow.trainer_gpu_count is 1 but kubeflow.trainer_gpu_type is empty"):
+        load_config(None, ["kubeflow.trainer_gpu_count=1", "kubeflow.trainer_gpu_type=''"])
+    assert load_config(None, ["kubeflow.trainer_gpu_type=''"]).kubeflow.trainer_gpu_count == 0  # no GPU, no type
+
+
+def test_step_resources_override_only_the_keys_they_set():
+    kubeflow = load_config(None, ["kubeflow.step_resources=[{step: Evaluator, memory_limit_gb: 16}]"]).kubeflow
+    assert kubeflow.resources_of("Evaluator") == {"cpu_request": 1.0, "cpu_limit": 2.0, "memory_request_gb": 2.0,
+                                                  "memory_limit_gb": 16.0}
+    assert kubeflow.resources_of("Trainer") == kubeflow.resources_of(None)  # the list replaced the default one
+
+
 @pytest.mark.parametrize("override", [
     "model.dropout=0", "ingest.max_per_class=0", "gate.max_macro_recall_drop=0", "gate.min_class_recall=1",
     "model.seed=4294967295", "model.effective_number_beta=0", "transform.height_clip_m=[-2.5, 0]",
     "model.branch_filters=[]", "run.direct_num_workers=0", "model.learning_rate=30", "beam.parallelism=0",
-    "beam.max_num_workers=0",
+    "beam.max_num_workers=0", "kubeflow.cpu_limit=0", "kubeflow.memory_request_gb=0",
+    "kubeflow.step_resources=[{step: Trainer, memory_request_gb: 6, memory_limit_gb: 0}]",
 ])
 def test_values_at_the_edges_are_accepted(override):
     load_config(None, [override])

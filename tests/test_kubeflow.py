@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import tensorflow as tf
 import yaml
 from fake_kfp_server import FakeKfpServer
+from tfx.dsl.io import filesystem_registry
 from kfp_launcher import EXECUTED, Launcher
 
 from foundation.config import PROJECT_DIR, SPLITS, Config, ConfigError, load_config
@@ -23,7 +25,9 @@ from pipeline import cli, kfp_client, kfp_compile
 from pipeline.beam_runners import beam_args
 from pipeline.component_ids import (BASELINE, DRIFT_GATE, EVALUATOR, PUSHER, SCENE_EXAMPLE_GEN, SCHEMA_GEN, TRAINER,
                                     TRANSFORM)
-from pipeline.dag import create_pipeline, training_code_fingerprint
+from pipeline import dag
+from pipeline.dag import (PREPROCESSING_FN, RUN_FN, TRAINING_CODE, TRANSFORM_CODE, code_fingerprint, create_pipeline,
+                          training_code_fingerprint)
 from synth.scenes import generate_sample
 
 RUN_EXECUTOR = "tfx.orchestration.kubeflow.v2.container.kubeflow_v2_run_executor"
@@ -101,14 +105,129 @@ def test_spec_is_a_pipeline_spec_2_1_yaml_for_the_one_configured_image(config, s
     assert example_gen["lifecycle"]["preCacheCheck"]["command"] == ["python", "-m", EXAMPLE_GEN_DRIVER]
 
 
-def test_cluster_paths_are_baked_in_and_the_wheels_are_under_the_pipeline_root(config, spec):
+def test_cluster_paths_are_baked_in(config, spec):
     paths = kfp_compile.cluster_paths(config)
     assert task_parameter(spec, SCENE_EXAMPLE_GEN, "input_base") == paths.data_root
     assert json.loads(task_parameter(spec, PUSHER, "push_destination")) == {
         "filesystem": {"base_directory": SERVING_VOLUME}}
+
+
+def test_transform_and_trainer_name_their_code_by_import_path_with_its_fingerprint(config, spec):
+    """kubeflow.module_source "image" (the default): no wheel, the functions of the image's project, and the
+    code's fingerprint in the parameters, which are KFP's cache key."""
+    parameters = spec["root"]["dag"]["tasks"][TRANSFORM]["inputs"]["parameters"]
+    assert task_parameter(spec, TRANSFORM, "preprocessing_fn") == PREPROCESSING_FN
+    assert task_parameter(spec, TRAINER, "run_fn") == RUN_FN
     for task in (TRANSFORM, TRAINER):
-        module, wheel = task_parameter(spec, task, "module_path").split("@")
-        assert wheel.startswith(os.path.join(paths.pipeline_root, "_wheels") + "/") and Path(wheel).is_file()
+        assert "module_path" not in spec["root"]["dag"]["tasks"][task]["inputs"]["parameters"]
+    assert "module_file" not in parameters
+    assert json.loads(task_parameter(spec, TRANSFORM, "custom_config"))["code"] == code_fingerprint(TRANSFORM_CODE)
+    schema = str(PROJECT_DIR / "schemas" / "schema.pbtxt")
+    assert json.loads(task_parameter(spec, TRAINER, "custom_config"))["code"] == training_code_fingerprint(schema)
+    assert not Path(kfp_compile.cluster_paths(config).pipeline_root, "_wheels").exists()
+
+
+def test_compiling_for_a_bucket_touches_no_storage(config, tmp_path, monkeypatch):
+    """A gs:// pipeline root with no credentials (nor network): every access of TFX's file layer to the bucket
+    fails at once. By import path the compile succeeds; with the wheel it fails, as every compile did before."""
+    registry = filesystem_registry.DEFAULT_FILESYSTEM_REGISTRY
+    reached = []
+
+    def refuse_the_bucket(path):
+        if str(path).startswith("gs://"):
+            reached.append(path)
+            raise PermissionError(f"no credentials for {path}")
+        return lookup(path)
+
+    lookup = registry.get_filesystem_for_path
+    monkeypatch.setattr(registry, "get_filesystem_for_path", refuse_the_bucket)
+    bucket = config.replace({"kubeflow.pipeline_root": "gs://terrafuse-test-bucket/root",
+                             "kubeflow.data_root": "gs://terrafuse-test-bucket/data",
+                             "kubeflow.spec_file": str(tmp_path / "bucket.yaml")})
+    spec = yaml.safe_load(kfp_compile.compile_pipeline(bucket).read_text())
+    assert reached == []
+    assert task_parameter(spec, TRANSFORM, "preprocessing_fn") == PREPROCESSING_FN
+    with pytest.raises(PermissionError, match="no credentials for gs://terrafuse-test-bucket/root"):
+        kfp_compile.compile_pipeline(bucket.replace({"kubeflow.module_source": "wheel"}))
+
+
+def test_with_module_source_wheel_the_wheels_are_built_under_the_pipeline_root(config, tmp_path):
+    wheel_config = config.replace({"kubeflow.module_source": "wheel",
+                                   "kubeflow.pipeline_root": str(tmp_path / "cluster"),
+                                   "kubeflow.spec_file": str(tmp_path / "wheel.yaml")})
+    spec = yaml.safe_load(kfp_compile.compile_pipeline(wheel_config).read_text())
+    for task, module in ((TRANSFORM, "preprocessing"), (TRAINER, "trainer")):
+        name, wheel = task_parameter(spec, task, "module_path").split("@")
+        assert name == module and wheel.startswith(str(tmp_path / "cluster" / "_wheels") + "/")
+        assert Path(wheel).is_file()
+    assert "preprocessing_fn" not in spec["root"]["dag"]["tasks"][TRANSFORM]["inputs"]["parameters"]
+
+
+def test_the_code_fingerprints_follow_the_code_each_step_runs(tmp_path, monkeypatch):
+    """A change in foundation/ or transforms/ changes both fingerprints, one in models/ only the Trainer's."""
+    for package in ("foundation", "models", "transforms"):
+        shutil.copytree(PROJECT_DIR / package, tmp_path / package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(dag, "PROJECT_DIR", tmp_path)
+
+    def fingerprints():
+        return code_fingerprint(TRANSFORM_CODE), code_fingerprint(TRAINING_CODE)
+
+    before = fingerprints()
+    assert before == fingerprints()
+    with (tmp_path / "models" / "trainer.py").open("a") as f:
+        f.write("\n# edited\n")
+    after_models = fingerprints()
+    assert after_models[0] == before[0] and after_models[1] != before[1]
+    with (tmp_path / "foundation" / "config.py").open("a") as f:
+        f.write("\n# edited\n")
+    after_foundation = fingerprints()
+    assert after_foundation[0] != before[0] and after_foundation[1] != after_models[1]
+
+
+# Resources
+
+def executor_container(spec, task):
+    component = spec["root"]["dag"]["tasks"][task]["componentRef"]["name"]
+    return spec["deploymentSpec"]["executors"][spec["components"][component]["executorLabel"]]["container"]
+
+
+def test_every_step_gets_its_resources_and_no_gpu_unless_asked(config, spec):
+    kubeflow = config.kubeflow
+    for task in spec["root"]["dag"]["tasks"]:
+        values = kubeflow.resources_of(task)
+        assert executor_container(spec, task)["resources"] == {
+            "cpuRequest": values["cpu_request"], "cpuLimit": values["cpu_limit"],
+            "memoryRequest": values["memory_request_gb"], "memoryLimit": values["memory_limit_gb"]}, task
+    assert executor_container(spec, SCENE_EXAMPLE_GEN)["resources"]["cpuLimit"] == kubeflow.cpu_limit
+    assert executor_container(spec, TRAINER)["resources"]["memoryLimit"] == 8.0  # the default Trainer entry
+
+
+def test_step_resources_and_the_trainers_gpu_reach_the_spec(config, tmp_path):
+    asked = config.replace({
+        "kubeflow.cpu_request": 0.5, "kubeflow.cpu_limit": 0, "kubeflow.memory_limit_gb": 3,
+        "kubeflow.step_resources": [{"step": SCENE_EXAMPLE_GEN, "cpu_request": 3, "memory_request_gb": 2.5},
+                                    {"step": TRAINER, "memory_request_gb": 12, "memory_limit_gb": 16}],
+        "kubeflow.trainer_gpu_count": 2, "kubeflow.trainer_gpu_type": "NVIDIA_TESLA_T4",
+        "kubeflow.spec_file": str(tmp_path / "gpu.yaml")})
+    spec = yaml.safe_load(kfp_compile.compile_pipeline(asked).read_text())
+    # a value of 0 is left out: the cluster's default
+    assert executor_container(spec, EVALUATOR)["resources"] == {"cpuRequest": 0.5, "memoryRequest": 2.0,
+                                                               "memoryLimit": 3.0}
+    assert executor_container(spec, SCENE_EXAMPLE_GEN)["resources"] == {"cpuRequest": 3.0, "memoryRequest": 2.5,
+                                                                       "memoryLimit": 3.0}
+    assert executor_container(spec, TRAINER)["resources"] == {
+        "cpuRequest": 0.5, "memoryRequest": 12.0, "memoryLimit": 16.0,
+        "accelerator": {"type": "NVIDIA_TESLA_T4", "count": "2"}}
+    with_accelerator = [task for task in spec["root"]["dag"]["tasks"]
+                        if "accelerator" in executor_container(spec, task)["resources"]]
+    assert with_accelerator == [TRAINER]
+
+
+def test_resources_for_a_step_the_dag_does_not_have_are_refused(config, tmp_path):
+    with pytest.raises(ConfigError, match=r"kubeflow.step_resources names \['Trainr'\], not a step of the DAG: "
+                                          r"one of \[.*'Trainer'"):
+        kfp_compile.compile_pipeline(config.replace({"kubeflow.step_resources": [{"step": "Trainr", "cpu_limit": 4}],
+                                                     "kubeflow.spec_file": str(tmp_path / "typo.yaml")}))
 
 
 def test_curated_schema_points_into_the_image_and_no_path_of_this_checkout_is_left(spec):
@@ -139,6 +258,7 @@ def test_every_entry_module_and_executor_class_of_the_spec_imports_outside_the_c
                 modules.add(entry["command"][entry["command"].index("-m") + 1])
         classes.add(container["args"][container["args"].index("--executor_class_path") + 1])
     assert len(classes) == len(containers(spec))
+    functions = [task_parameter(spec, TRANSFORM, "preprocessing_fn"), task_parameter(spec, TRAINER, "run_fn")]
     check = textwrap.dedent(f"""
         import importlib
         for module in {sorted(modules)!r}:
@@ -146,6 +266,9 @@ def test_every_entry_module_and_executor_class_of_the_spec_imports_outside_the_c
         for path in {sorted(classes)!r}:
             module, _, name = path.rpartition(".")
             assert isinstance(getattr(importlib.import_module(module), name), type), path
+        for path in {functions!r}:
+            module, _, name = path.rpartition(".")
+            assert callable(getattr(importlib.import_module(module), name)), path
     """)
     env = {**os.environ, **TENSORFLOW_ENVIRONMENT, "PYTHONPATH": ""}
     subprocess.run([sys.executable, "-c", check], cwd=tmp_path, env=env, check=True)
@@ -225,6 +348,26 @@ def test_dockerfile_installs_the_lock_and_the_project_like_the_makefile_and_runs
     assert users and users[-1] not in ("root", "0")
     ignored = (PROJECT_DIR / ".dockerignore").read_text().split()
     assert {".venv", "outputs", "data"} <= set(ignored) and "schemas" not in ignored
+
+
+def test_the_gpu_build_argument_adds_cuda_only_when_asked():
+    """The `TENSORFLOW` build argument's RUN, run by sh as Docker runs it: the default cpu build does nothing, gpu
+    installs tensorflow's `and-cuda` extra (here /opt/venv/bin/uv does not exist, so it fails on calling it)."""
+    instructions = dockerfile_instructions()
+    assert ["ARG", "TENSORFLOW=cpu"] in instructions
+    (run,) = [args for keyword, args in instructions if keyword == "RUN" and "$TENSORFLOW" in args]
+    assert '--constraint /opt/terrafuse/requirements.lock "tensorflow[and-cuda]"' in run
+
+    def build(value):
+        return subprocess.run(["sh", "-c", run], env={"PATH": "/usr/bin:/bin", "TENSORFLOW": value},
+                              capture_output=True, text=True)
+
+    cpu = build("cpu")
+    assert (cpu.returncode, cpu.stdout, cpu.stderr) == (0, "", "")
+    gpu = build("gpu")
+    assert gpu.returncode != 0 and "/opt/venv/bin/uv" in gpu.stderr
+    other = build("cuda")
+    assert other.returncode == 1 and "TENSORFLOW must be cpu or gpu, got 'cuda'" in other.stderr
 
 
 # Checks made before anything is sent

@@ -8,7 +8,7 @@ import pytest
 
 from foundation.config import PROJECT_DIR
 from foundation.environment import TENSORFLOW_ENVIRONMENT, prepare_tensorflow
-from pipeline.dag import TRAINING_CODE
+from pipeline.dag import TRAINING_CODE, TRANSFORM_CODE
 
 # Lowest first. Packages of one layer may import each other; nothing imports a layer above its own.
 LAYERS = (
@@ -90,21 +90,26 @@ def test_layer_check_sees_an_upward_import(tmp_path):
     assert _imports(module, set(_modules())) == {"pipeline.dag"}
 
 
-def test_training_fingerprint_covers_existing_code():
-    """A path that no longer exists would silently drop out of the fingerprint, and reuse would stop covering it;
-    a module the TFX module files load that lies outside it would change models without changing the key."""
-    for entry in TRAINING_CODE:
+@pytest.mark.parametrize("code, entry_modules", [
+    (TRAINING_CODE, ["models.trainer", "transforms.preprocessing"]),
+    (TRANSFORM_CODE, ["transforms.preprocessing"]),
+])
+def test_code_fingerprints_cover_existing_code(code, entry_modules):
+    """A path that no longer exists would silently drop out of a fingerprint (the Trainer's reuse key, the Transform's
+    and Trainer's cache key when named by import path); a module the TFX module files load that lies outside it
+    would change their outputs without changing the key."""
+    for entry in code:
         path = PROJECT_DIR / entry
-        assert path.exists(), f"TRAINING_CODE names {entry}, which is not in the checkout"
+        assert path.exists(), f"the fingerprint names {entry}, which is not in the checkout"
         assert path.is_file() or list(path.glob("*.py")), f"{entry} holds no Python file"
     graph, modules = _graph(), _modules()
-    loaded, frontier = set(), ["models.trainer", "transforms.preprocessing"]
+    loaded, frontier = set(), list(entry_modules)
     while frontier:
         module = frontier.pop()
         if module not in loaded:
             loaded.add(module)
             frontier.extend(graph[module])
-    covered = [PROJECT_DIR / entry for entry in TRAINING_CODE]
+    covered = [PROJECT_DIR / entry for entry in code]
     outside = sorted(module for module in loaded
                      if not any(modules[module] == path or path in modules[module].parents for path in covered))
     assert outside == []
