@@ -1,5 +1,10 @@
 """Local runs: LocalDagRunner, the Beam runner of `run.beam_runner` (DirectRunner by default) and an SQLite ML
-Metadata store under the pipeline root."""
+Metadata store under the pipeline root.
+
+A run killed midway (SIGKILL, a lost machine) needs nothing done before the next: LocalDagRunner leaves the killed
+execution RUNNING in ML Metadata with no output recorded, and the next run starts a new one (docs/design-notes.md,
+"Killed runs"). Only a push killed before its rename leaves something behind, a staging folder, removed here.
+"""
 from __future__ import annotations
 
 import logging
@@ -14,6 +19,7 @@ def run_local(config: Config) -> bool:
     from tfx.orchestration.local.local_dag_runner import LocalDagRunner
     from tfx.orchestration.metadata import sqlite_metadata_connection_config
 
+    from components.atomic_pusher import clean_interrupted_pushes
     from pipeline.beam_runners import portable_workers
     from pipeline.dag import create_pipeline
     from pipeline.summary import last_run, record_stop, render, run_ids
@@ -23,8 +29,12 @@ def run_local(config: Config) -> bool:
     earlier_runs = run_ids(config)
     ok = True
     try:
+        pipeline = create_pipeline(config, connection)
+        # The Pusher removes them too, but a run whose Pusher is cached or that stops at a gate never reaches it.
+        if os.path.isdir(config.serving_dir):
+            clean_interrupted_pushes(config.serving_dir)
         with portable_workers(config):
-            LocalDagRunner().run(create_pipeline(config, connection))
+            LocalDagRunner().run(pipeline)
     except Exception as err:  # the summary below still reports what ran; the message says what stopped it
         logging.info("Traceback of the error that stopped the run:", exc_info=True)  # shown with terrafuse -v
         message = f"{type(err).__name__}: {err}"
