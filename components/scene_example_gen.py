@@ -53,7 +53,7 @@ INGEST_REPORT_PROPERTY = "ingest_report"
 _ERRORS = "errors"
 _SUMMARIES = "summaries"
 _UNITS = "units"
-_SPLITS = "splits"
+_DEALT = "dealt"
 _EXAMPLES = "examples"
 # Split indices after the splits (in SPLITS order): patches the buffer drops, and (SplitPlan) of bad scenes left out.
 BUFFER_DROPPED = len(SPLITS)
@@ -115,7 +115,7 @@ class ScenePatches:
 class SceneExamples:
     serialized: list[bytes]
     keys: list[tuple[str, int, tuple[bytes, ...]]]  # per example: scene id, class id, split units its window touches
-    unit_counts: dict[bytes, np.ndarray]
+    unit_counts: dict[bytes, np.ndarray]  # as ScenePatches'
     summary: SceneSummary
 
 
@@ -496,7 +496,7 @@ def split_examples(joined: tuple[bytes, dict[str, Iterable[Any]]]) -> Iterable[t
     """(split index or BUFFER_DROPPED, class id, serialized) for the patches centred in one unit, from the
     splits of the units around it: a few units and one block's patches, whatever the data's size."""
     _, grouped = joined
-    splits = dict(grouped[_SPLITS])
+    splits = dict(grouped[_DEALT])
     for label, units, serialized in grouped[_EXAMPLES]:
         yield window_split(units, splits), label, serialized
 
@@ -609,7 +609,7 @@ class Executor(BaseExampleGenExecutor):
             | "KeyByCentreUnit" >> beam.Map(_keyed_by_centre)
         )
         indexed = (
-            {_SPLITS: dealt, _EXAMPLES: examples}
+            {_DEALT: dealt, _EXAMPLES: examples}
             | "JoinSplits" >> beam.CoGroupByKey()
             | "SplitExamples" >> beam.FlatMap(split_examples)
         )
