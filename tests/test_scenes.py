@@ -9,6 +9,7 @@ import tensorflow as tf
 from tiny_scenes import (POINT_CLOUD_FILE, REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value,
                          reference_transform, region_interior, truth, write_point_cloud, write_raster, write_scene)
 
+import components.scenes
 from components.scenes import SceneError, load_scene, scene_dirs
 from foundation.config import LIDAR_CHANNEL_CHOICES, Config
 from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file, span_folder
@@ -103,6 +104,19 @@ def test_ground_under_roofs_and_canopy_is_interpolated_from_the_ground_around(tm
     rasters = load_scene(write_scene(tmp_path, no_ground=scattered + [roof]), CONFIG)
     np.testing.assert_allclose(channel(rasters, CONFIG, "height"), truth("height"), atol=HEIGHT_TOLERANCE_M)
     assert rasters.filled_cells["height"] == 0
+
+
+@pytest.mark.parametrize("lidar", ["las", "laz"])
+def test_a_point_cloud_read_in_small_chunks_gives_the_rasters_of_one_read(tmp_path, monkeypatch, lidar):
+    """Points are summed per cell chunk by chunk, never held whole: 97 points at a time (the tiny cloud holds
+    thousands, in chunks of any remainder) must give what one chunk of all of them gives."""
+    scene_dir = write_scene(tmp_path, lidar=lidar, no_ground=[(3, 13, 24, 36)], holes=[(30, 34, 2, 6)])
+    whole = load_scene(scene_dir, ALL_CHANNELS)
+    monkeypatch.setattr(components.scenes, "POINTS_PER_CHUNK", 97)
+    chunked = load_scene(scene_dir, ALL_CHANNELS)
+    np.testing.assert_allclose(chunked.lidar, whole.lidar, rtol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(chunked.lidar_valid, whole.lidar_valid)
+    assert chunked.filled_cells == whole.filled_cells
 
 
 def test_float_reflectance_is_brought_to_uint16_units(tmp_path):
