@@ -14,7 +14,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import array_bounds
 from scipy.interpolate import griddata
-from scipy.ndimage import binary_dilation, distance_transform_edt
+from scipy.ndimage import binary_dilation, distance_transform_edt, find_objects, label
 from scipy.spatial import QhullError
 
 from foundation.scene_folder import MULTISPECTRAL_FILE
@@ -196,16 +196,26 @@ def _fill_between_neighbours(surface: np.ndarray) -> np.ndarray:
 
 
 def _triangulate_gaps(surface: np.ndarray) -> np.ndarray:
-    """Linear (Delaunay) interpolation of the remaining gaps from the known cells around them: cells far
-    from any gap never shape the triangles that cover one, so they stay out of the triangulation."""
+    """Linear (Delaunay) interpolation of each remaining gap from the ring of known cells around it, one gap
+    at a time in coordinates of its own: a gap's values depend on that gap and its ring only, so a tile that
+    holds both computes what the whole scene does (a triangulation of many gaps at once breaks the ties of
+    co-circular grid cells differently with every set of cells)."""
     gaps = np.isnan(surface)
-    rim = binary_dilation(gaps, iterations=_GAP_RIM_CELLS) & ~gaps
-    if not gaps.any() or np.count_nonzero(rim) < 3:
-        return surface
-    try:
-        interpolated = griddata(np.nonzero(rim), surface[rim], np.nonzero(gaps), method="linear")
-    except QhullError:  # rim cells on one line: no triangles, the nearest-cell fill covers these gaps
+    if not gaps.any():
         return surface
     surface = surface.copy()
-    surface[gaps] = interpolated
+    components, _ = label(gaps, structure=np.ones((3, 3), bool))
+    height, width = gaps.shape
+    for index, found in enumerate(find_objects(components), start=1):
+        rows = slice(max(found[0].start - _GAP_RIM_CELLS, 0), min(found[0].stop + _GAP_RIM_CELLS, height))
+        cols = slice(max(found[1].start - _GAP_RIM_CELLS, 0), min(found[1].stop + _GAP_RIM_CELLS, width))
+        gap = components[rows, cols] == index
+        rim = binary_dilation(gap, iterations=_GAP_RIM_CELLS) & ~gaps[rows, cols]
+        if np.count_nonzero(rim) < 3:
+            continue
+        window = surface[rows, cols]
+        try:
+            window[gap] = griddata(np.nonzero(rim), window[rim], np.nonzero(gap), method="linear")
+        except QhullError:  # rim cells on one line: no triangles, the nearest-cell fill covers this gap
+            continue
     return surface
