@@ -66,7 +66,7 @@ def scene_folders(config: Config) -> list[str]:
 def read_patches(config: Config) -> Patches:
     """Same scenes, same valid sampled pixels (same seed per scene), same split plan and buffer as ingestion."""
     index_of = {class_id: i for i, class_id in enumerate(config.class_ids)}
-    errors, summaries, scenes = [], [], []
+    errors, summaries, unit_counts, scenes = [], [], [], []
     for folder in scene_folders(config):
         try:
             scene = scene_patches(folder, config)
@@ -74,13 +74,14 @@ def read_patches(config: Config) -> Patches:
             errors.append(str(err))
             continue
         summaries.append(scene.summary)
+        unit_counts.append(scene.unit_counts)
         stack = np.concatenate([scene.rasters.multispectral, scene.rasters.lidar])
         scenes.append((scene.rasters.scene_id, scene.labels, scene.units,
                        extract_patches(stack, scene.rows, scene.cols, config.ingest.patch_size)))
     # Each split's share from SceneExampleGen's own output config, as its executor reads it.
     output_config = proto_utils.json_to_proto(SceneExampleGen(config).exec_properties["output_config"],
                                               example_gen_pb2.Output())
-    plan = plan_splits(errors, summaries, split_fractions(output_config), config)
+    plan = plan_splits(errors, summaries, unit_counts, split_fractions(output_config), config)
     values, label_index, split = [], [], []
     dropped = 0
     for scene_id, labels, units, patches in scenes:

@@ -57,6 +57,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                                            f"patches/s per core",
                      "measured": f"{_n(rate)} patches/s per core",
                      "passed": rate > TARGETS.ingest_patches_per_core_second})
+    memory = results.get("ingest", {}).get("memory")
+    if memory:
+        default, large = memory["runs"]
+        above = [run["peak_rss_mib"] - run["peak_rss_mib_after_imports"] for run in (large, default)]
+        rows.append({"issue": 13, "target": f"ingestion peak memory, one scene of {memory['large_scene_multiple']}x "
+                                            f"the default pixels <= {TARGETS.ingest_memory_ratio}x one default scene "
+                                            "(each its own process)",
+                     "measured": f"{_n(large['peak_rss_mib'])} vs {_n(default['peak_rss_mib'])} MiB = "
+                                 f"{memory['ratio']:.2f}x ({_n(above[0])} vs {_n(above[1])} MiB above the imports); "
+                                 f"{_n(large['patches_per_core_second'])} patches/s per core",
+                     "passed": memory["ratio"] <= TARGETS.ingest_memory_ratio})
     run = results.get("pipeline")
     if run and "error" not in run:
         fresh, cached = run["fresh"], run["cached"]
@@ -385,6 +396,15 @@ def _ingest(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
                      f"| {s['wall_seconds']:.2f} | {s['cpu_seconds']:.2f} | {_n(s['patches_per_second'])} "
                      f"| {_n(s['patches_per_core_second'])} | {s['cores_busy']:.2f} "
                      f"| {100 * s['load_scene_share']:.0f} % |")
+    if data.get("memory"):
+        lines += ["", "Peak memory (issue 13): `ingest_scene` on one scene in a process of its own "
+                      "(`python -m bench.ingest_memory`), VmHWM after the imports and at the end.", "",
+                  "| scene | patches | CPU s | patches/s per core | peak MiB after imports | peak MiB |",
+                  "|---|---|---|---|---|---|"]
+        for run in data["memory"]["runs"]:
+            lines.append(f"| {run['name']} | {_n(run['patches'])} | {run['cpu_seconds']:.2f} "
+                         f"| {_n(run['patches_per_core_second'])} | {_n(run['peak_rss_mib_after_imports'])} "
+                         f"| {_n(run['peak_rss_mib'])} |")
     c = data["component"]
     lines += ["", f"SceneExampleGen component in the fresh pipeline run (section 2): {_s(c['seconds'])} s for "
                   f"{_n(c['patches'])} patches, {_n(c['patches_per_second'])} patches/s (Beam set-up, block "

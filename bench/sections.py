@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.floor import scene_folders
+from bench.ingest_memory import ingest_memory as measure_ingest_memory
 from bench.measure import BenchError, ProcessMeasure, run_floor, run_pipelines, run_predict
 from bench.report import weakest
 from bench.settings import RETRAIN_SEED_OFFSET, TARGETS, UNSEEN, UNSEEN_SEED_OFFSET, Settings
@@ -168,14 +169,40 @@ def ingest(bench: Bench) -> dict[str, Any]:
             "cores_busy": cpu / wall, "load_scene_share": statistics.median(t[1] for t in load) / wall,
         })
         progress("ingest", f"  {patches} patches, {patches / wall:,.0f}/s wall, {patches / cpu:,.0f}/s per core")
+    memory = ingest_memory(bench)
     fresh = bench.pipeline(1, rerun=False)["fresh"]
     component_seconds = fresh["components"][SCENE_EXAMPLE_GEN]["seconds"]
     return {
         "repeats": settings.ingest_repeats,
         "sets": sets,
+        "memory": memory,
         "component": {"seconds": component_seconds, "patches": fresh["patches"]["total"],
                       "patches_per_second": fresh["patches"]["total"] / component_seconds},
     }
+
+
+def ingest_memory(bench: Bench) -> dict[str, Any]:
+    """Issue 13: ingestion's peak memory (`ingest_scene`, bench/ingest_memory.py) for one default scene and for one
+    scene of TARGETS.ingest_large_scene_multiple times its pixels (and points), each in a fresh process."""
+    from pipeline.predict import scene_dirs_of_span
+
+    settings = bench.settings
+    multiple = TARGETS.ingest_large_scene_multiple
+    side_factor = math.isqrt(multiple)
+    if side_factor ** 2 != multiple:
+        raise BenchError(f"ingest: the large scene's pixel multiple {multiple} is not a square")
+    scenes = {"default scene": scene_dirs_of_span(bench.sample(settings.scenes, settings.scene_side), 1)[0],
+              f"{multiple}x scene": scene_dirs_of_span(bench.sample(1, side_factor * settings.scene_side), 1)[0]}
+    runs = []
+    for name, scene in scenes.items():
+        progress("ingest", f"peak memory of ingest_scene on the {name} ({scene}), a process of its own")
+        run = measure_ingest_memory(Path(scene), bench.work, f"ingest-memory-{len(runs)}")
+        runs.append({"name": name, **run, "patches_per_core_second": run["patches"] / run["cpu_seconds"]})
+    default, large = runs
+    return {"large_scene_multiple": multiple, "runs": runs,
+            "ratio": large["peak_rss_mib"] / default["peak_rss_mib"],
+            "ratio_above_imports": ((large["peak_rss_mib"] - large["peak_rss_mib_after_imports"])
+                                    / (default["peak_rss_mib"] - default["peak_rss_mib_after_imports"]))}
 
 
 def pipeline(bench: Bench) -> dict[str, Any]:

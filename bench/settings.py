@@ -45,9 +45,12 @@ RETRAIN_SEED_OFFSET = 1000
 class Targets:
     """Issue 2: ingestion speed; issue 3: fresh and cached run time, data size and per-class recall; issue 5: the
     floor ratio (its other targets compare measurements with each other); issue 11: model quality on unseen scenes
-    against pixel baselines, and what it may cost in speed; issue 12: predict's speed and memory."""
+    against pixel baselines, and what it may cost in speed; issue 12: predict's speed and memory; issue 13:
+    ingestion's memory."""
 
     ingest_patches_per_core_second: float = 20_000
+    ingest_large_scene_multiple: int = 16  # issue 13: a scene of this many times the default scene's pixels (a square)
+    ingest_memory_ratio: float = 1.5  # its ingestion peak memory against the default scene's
     fresh_seconds: float = 120
     fresh_min_patches: int = 10_000
     cached_seconds: float = 15

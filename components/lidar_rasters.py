@@ -14,7 +14,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import array_bounds
 from scipy.interpolate import griddata
-from scipy.ndimage import binary_dilation, distance_transform_edt
+from scipy.ndimage import binary_dilation, distance_transform_edt, find_objects, label
 from scipy.spatial import QhullError
 
 from foundation.scene_folder import MULTISPECTRAL_FILE
@@ -78,62 +78,85 @@ class Points:
     number_of_returns: np.ndarray  # of each point's pulse
 
 
-def rasterise_point_cloud(points: Points, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per channel, (values, cell has points) on the grid; cells without points are left to the caller to
-    fill or mask. Raises PointCloudError if there are no points, no point is ground, or none (or no ground
-    point) falls on the grid."""
-    x, y, z, classification = points.x, points.y, points.z, points.classification
-    if not x.size:
-        raise PointCloudError("no points (an empty point cloud)")
-    if not (classification == GROUND_CLASS).any():
-        raise PointCloudError(f"no ground points (classification {GROUND_CLASS})")
+class CellSums:
+    """What the channels need of a point cloud, summed per cell as its points arrive in chunks: counts, the top,
+    intensity and multiple-return sums, ground counts and ground z sums. Memory follows the grid, not the points.
+    """
 
-    inverse = ~grid.transform
-    cols = np.floor(inverse.a * x + inverse.b * y + inverse.c).astype(np.int64)
-    rows = np.floor(inverse.d * x + inverse.e * y + inverse.f).astype(np.int64)
-    on_grid = (rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
-    keep = on_grid & ~np.isin(classification, NOISE_CLASSES)
-    if not keep.any():
-        point_bounds = (x.min(), y.min(), x.max(), y.max()) if x.size else (np.nan,) * 4
-        raise PointCloudError(grid.not_covered("points", point_bounds))
-    cell = rows[keep] * grid.width + cols[keep]
-    z = z[keep]
-    ground = classification[keep] == GROUND_CLASS
-    if not ground.any():
-        raise PointCloudError(f"no ground points (classification {GROUND_CLASS}) on the {MULTISPECTRAL_FILE} grid")
+    def __init__(self, grid: Grid):
+        cells = grid.height * grid.width
+        self.grid = grid
+        self.count = np.zeros(cells, np.int64)
+        self.top = np.full(cells, -np.inf)
+        self.intensity = np.zeros(cells)
+        self.multiple = np.zeros(cells)
+        self.ground_count = np.zeros(cells, np.int64)
+        self.ground_z = np.zeros(cells)
+        self.points = 0  # every point seen, on the grid or not
+        self.ground_points = 0
+        self.bounds = (np.inf, np.inf, -np.inf, -np.inf)  # of every point seen: for the error of a cloud off the grid
 
-    n_cells = grid.height * grid.width
-    count = np.bincount(cell, minlength=n_cells)
-    has_points = (count > 0).reshape(grid.shape)
-    count_or_one = np.maximum(count, 1)  # empty cells divide 0 by 1, then get filled or masked
-    top = np.full(n_cells, -np.inf)
-    np.maximum.at(top, cell, z)
-    ground_surface = _ground_surface(cell[ground], z[ground], grid)
-    height = np.maximum(top.reshape(grid.shape) - ground_surface, 0.0)
-    intensity = np.bincount(cell, weights=points.intensity[keep], minlength=n_cells) / count_or_one
-    multiple = np.bincount(cell, weights=points.number_of_returns[keep] > 1, minlength=n_cells)
-    row_spacing, col_spacing = grid.pixel_size_m
-    no_gaps = np.ones(grid.shape, bool)  # an empty cell's density of 0 is a measurement, not a gap
-    return {
-        "height": (height, has_points),
-        "intensity": (intensity.reshape(grid.shape), has_points),
-        "return_ratio": ((multiple / count_or_one).reshape(grid.shape), has_points),
-        "density": ((count / (row_spacing * col_spacing)).reshape(grid.shape), no_gaps),
-    }
+    def add(self, points: Points) -> None:
+        """Adds a chunk of points (x and y on the grid's CRS); points off the grid and noise are left out."""
+        x, y, classification = points.x, points.y, points.classification
+        if not x.size:
+            return
+        self.points += x.size
+        self.ground_points += int(np.count_nonzero(classification == GROUND_CLASS))
+        west, south, east, north = self.bounds
+        self.bounds = (min(west, x.min()), min(south, y.min()), max(east, x.max()), max(north, y.max()))
+        grid, inverse = self.grid, ~self.grid.transform
+        cols = np.floor(inverse.a * x + inverse.b * y + inverse.c).astype(np.int64)
+        rows = np.floor(inverse.d * x + inverse.e * y + inverse.f).astype(np.int64)
+        keep = ((rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
+                & ~np.isin(classification, NOISE_CLASSES))
+        cell = rows[keep] * grid.width + cols[keep]
+        z = points.z[keep]
+        cells = self.count.size
+        self.count += np.bincount(cell, minlength=cells)
+        np.maximum.at(self.top, cell, z)
+        self.intensity += np.bincount(cell, weights=points.intensity[keep], minlength=cells)
+        self.multiple += np.bincount(cell, weights=points.number_of_returns[keep] > 1, minlength=cells)
+        ground = classification[keep] == GROUND_CLASS
+        self.ground_count += np.bincount(cell[ground], minlength=cells)
+        self.ground_z += np.bincount(cell[ground], weights=z[ground], minlength=cells)
+
+    def rasters(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per channel, (values, cell has points) on the grid; cells without points are left to the caller to
+        fill or mask. Raises PointCloudError if there were no points, no point is ground, or none (or no ground
+        point) fell on the grid."""
+        grid = self.grid
+        if not self.points:
+            raise PointCloudError("no points (an empty point cloud)")
+        if not self.ground_points:
+            raise PointCloudError(f"no ground points (classification {GROUND_CLASS})")
+        if not self.count.any():
+            raise PointCloudError(grid.not_covered("points", self.bounds))
+        if not self.ground_count.any():
+            raise PointCloudError(f"no ground points (classification {GROUND_CLASS}) on the {MULTISPECTRAL_FILE} grid")
+        has_points = (self.count > 0).reshape(grid.shape)
+        count_or_one = np.maximum(self.count, 1)  # empty cells divide 0 by 1, then get filled or masked
+        height = np.maximum(self.top.reshape(grid.shape) - _ground_surface(self.ground_count, self.ground_z, grid), 0.0)
+        row_spacing, col_spacing = grid.pixel_size_m
+        no_gaps = np.ones(grid.shape, bool)  # an empty cell's density of 0 is a measurement, not a gap
+        return {
+            "height": (height, has_points),
+            "intensity": ((self.intensity / count_or_one).reshape(grid.shape), has_points),
+            "return_ratio": ((self.multiple / count_or_one).reshape(grid.shape), has_points),
+            "density": ((self.count / (row_spacing * col_spacing)).reshape(grid.shape), no_gaps),
+        }
 
 
-def _ground_surface(cell: np.ndarray, z: np.ndarray, grid: Grid) -> np.ndarray:
-    """Terrain height at every cell centre from ground points.
+def _ground_surface(ground_count: np.ndarray, ground_z: np.ndarray, grid: Grid) -> np.ndarray:
+    """Terrain height at every cell centre from ground points (their count and z sum per cell).
 
     Cells with ground points take their mean ground z (class 2 is already the classifier's ground, and on a
     slope the minimum would sit up to half a cell's rise too low). Cells without are interpolated linearly,
     those outside the ground cells' hull take the nearest cell's value.
     """
-    n_cells = grid.height * grid.width
-    ground_count = np.bincount(cell, minlength=n_cells)
     known = ground_count > 0
-    surface = np.full(n_cells, np.nan)
-    surface[known] = np.bincount(cell, weights=z, minlength=n_cells)[known] / ground_count[known]
+    surface = np.full(ground_count.size, np.nan)
+    surface[known] = ground_z[known] / ground_count[known]
     surface = _triangulate_gaps(_fill_between_neighbours(surface.reshape(grid.shape)))
     gaps = np.isnan(surface)
     if gaps.any():
@@ -173,16 +196,26 @@ def _fill_between_neighbours(surface: np.ndarray) -> np.ndarray:
 
 
 def _triangulate_gaps(surface: np.ndarray) -> np.ndarray:
-    """Linear (Delaunay) interpolation of the remaining gaps from the known cells around them: cells far
-    from any gap never shape the triangles that cover one, so they stay out of the triangulation."""
+    """Linear (Delaunay) interpolation of each remaining gap from the ring of known cells around it, one gap
+    at a time in coordinates of its own: a gap's values depend on that gap and its ring only, so a tile that
+    holds both computes what the whole scene does (a triangulation of many gaps at once breaks the ties of
+    co-circular grid cells differently with every set of cells)."""
     gaps = np.isnan(surface)
-    rim = binary_dilation(gaps, iterations=_GAP_RIM_CELLS) & ~gaps
-    if not gaps.any() or np.count_nonzero(rim) < 3:
-        return surface
-    try:
-        interpolated = griddata(np.nonzero(rim), surface[rim], np.nonzero(gaps), method="linear")
-    except QhullError:  # rim cells on one line: no triangles, the nearest-cell fill covers these gaps
+    if not gaps.any():
         return surface
     surface = surface.copy()
-    surface[gaps] = interpolated
+    components, _ = label(gaps, structure=np.ones((3, 3), bool))
+    height, width = gaps.shape
+    for index, found in enumerate(find_objects(components), start=1):
+        rows = slice(max(found[0].start - _GAP_RIM_CELLS, 0), min(found[0].stop + _GAP_RIM_CELLS, height))
+        cols = slice(max(found[1].start - _GAP_RIM_CELLS, 0), min(found[1].stop + _GAP_RIM_CELLS, width))
+        gap = components[rows, cols] == index
+        rim = binary_dilation(gap, iterations=_GAP_RIM_CELLS) & ~gaps[rows, cols]
+        if np.count_nonzero(rim) < 3:
+            continue
+        window = surface[rows, cols]
+        try:
+            window[gap] = griddata(np.nonzero(rim), window[rim], np.nonzero(gap), method="linear")
+        except QhullError:  # rim cells on one line: no triangles, the nearest-cell fill covers this gap
+            continue
     return surface

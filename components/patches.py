@@ -92,6 +92,14 @@ def window_block_ids(scene_id: str, rows: np.ndarray, cols: np.ndarray, block_si
     return [keys[i] for i in inverse.tolist()]
 
 
+def neighbour_block_ids(block: bytes) -> list[bytes]:
+    """The block and the eight around it: every block a window centred in `block` can touch (a block is at least
+    a window wide), so the only splits the buffer check of its patches needs."""
+    prefix, _, position = block.rpartition(b"/")
+    row, col = map(int, position.split(b"_"))
+    return [b"%s/%d_%d" % (prefix, row + dr, col + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+
+
 def encode_examples(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray, config: Config) -> list[bytes]:
     """Serialized tf.train.Examples, one per (row, col): a patch per band and LiDAR channel plus metadata."""
     lay = layout(config)

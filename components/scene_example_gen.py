@@ -5,10 +5,13 @@ whole window is valid in every stream are sampled and cut into patches (componen
 components.patches). Whole blocks (`block_id`, a coarse spatial tile) are dealt to train, validation and test
 so that every class gets each split's share (see assign_blocks), and a patch whose window reaches into a block
 of another split is dropped: no validation or test window overlaps a training window. `ingest.split_by: scene`
-deals whole scenes instead. A bad scene never stops the others being read: every bad scene of the run (one that
-cannot be read, one that lies outside the data root, one whose valid pixels are too few, one whose band scale
-disagrees with the rest of its span, one where anything else raised) is reported together, then the run fails
-(or, with `ingest.on_bad_scene: skip`, goes on without them).
+deals whole scenes instead. No step holds every block: blocks are dealt in groups of up to
+`ingest.split_group_units` (a hash of the block id picks the group; one group at the sample's scale), and each
+patch is joined by key with the splits of the blocks its window can touch.
+A bad scene never stops the others being read: every bad scene of the run (one that cannot be read, one that lies
+outside the data root, one whose valid pixels are too few, one whose band scale disagrees with the rest of its
+span, one where anything else raised) is reported together, then the run fails (or, with
+`ingest.on_bad_scene: skip`, goes on without them).
 What ingestion kept and lost is written to `ingest_report.json` at the root of the Examples artifact and set
 as its `ingest_report` custom property.
 """
@@ -21,7 +24,7 @@ import os
 import zlib
 from collections import Counter
 from dataclasses import dataclass
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, Iterable
 
 import apache_beam as beam
@@ -37,7 +40,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.patches import encode_examples, sample_pixels, window_block_ids, window_valid
+from components.patches import encode_examples, neighbour_block_ids, sample_pixels, window_block_ids, window_valid
 from components.scenes import (SceneError, SceneRasters, load_scene, require_inside, scene_dirs, scene_errors,
                                scene_name)
 from foundation.config import SPLITS, TRAIN, Config, resolve_path
@@ -49,8 +52,10 @@ INGEST_REPORT_PROPERTY = "ingest_report"
 
 _ERRORS = "errors"
 _SUMMARIES = "summaries"
+_UNITS = "units"
+_DEALT = "dealt"
 _EXAMPLES = "examples"
-# Partitions after the splits (in SPLITS order): patches the buffer drops, and patches of bad scenes left out.
+# Split indices after the splits (in SPLITS order): patches the buffer drops, and (SplitPlan) of bad scenes left out.
 BUFFER_DROPPED = len(SPLITS)
 BAD_SCENE_LEFT_OUT = len(SPLITS) + 1
 _TRAIN_INDEX = SPLITS.index(TRAIN)
@@ -84,11 +89,11 @@ def scene_rng(config: Config, scene_id: str) -> np.random.Generator:
 
 @dataclass
 class SceneSummary:
-    """What the global step needs of a scene that was read: to deal the splits and check band scales."""
+    """What the one global step (check_scenes) needs of a scene that was read: its size follows the scenes, not
+    the blocks."""
 
     scene_id: str
     multispectral_file: str
-    unit_counts: dict[bytes, np.ndarray]  # label counts of the patch centres per split unit (block or scene)
     band_medians: tuple[float, ...]  # per multispectral band (config order) over its valid pixels
     report: dict[str, Any]  # the scene's entry in the ingest report
 
@@ -102,6 +107,7 @@ class ScenePatches:
     cols: np.ndarray
     labels: np.ndarray  # class id per patch centre
     units: list[tuple[bytes, ...]]  # per patch, the split units its window touches, the centre's first
+    unit_counts: dict[bytes, np.ndarray]  # label counts of the patch centres per split unit (block or scene)
     summary: SceneSummary
 
 
@@ -109,6 +115,7 @@ class ScenePatches:
 class SceneExamples:
     serialized: list[bytes]
     keys: list[tuple[str, int, tuple[bytes, ...]]]  # per example: scene id, class id, split units its window touches
+    unit_counts: dict[bytes, np.ndarray]  # as ScenePatches'
     summary: SceneSummary
 
 
@@ -190,9 +197,8 @@ def scene_patches(scene_dir: str, config: Config) -> ScenePatches:
     rasters, rows, cols, report = sample_scene(scene_dir, config)
     labels = rasters.labels[rows, cols]
     units = split_units(rasters.scene_id, rows, cols, config)
-    summary = SceneSummary(rasters.scene_id, rasters.files["multispectral"],
-                           unit_label_counts(units, labels, config.class_ids), band_medians(rasters), report)
-    return ScenePatches(rasters, rows, cols, labels, units, summary)
+    summary = SceneSummary(rasters.scene_id, rasters.files["multispectral"], band_medians(rasters), report)
+    return ScenePatches(rasters, rows, cols, labels, units, unit_label_counts(units, labels, config.class_ids), summary)
 
 
 def scene_examples(scene_dir: str, config: Config) -> SceneExamples:
@@ -205,6 +211,7 @@ def scene_examples(scene_dir: str, config: Config) -> SceneExamples:
     return SceneExamples(
         serialized=encode_examples(scene.rasters, scene.rows, scene.cols, config),
         keys=[(scene.rasters.scene_id, label, touched) for label, touched in zip(scene.labels.tolist(), scene.units)],
+        unit_counts=scene.unit_counts,
         summary=scene.summary,
     )
 
@@ -271,6 +278,32 @@ def merge_block_counts(parts: Iterable[dict[bytes, np.ndarray]]) -> dict[bytes, 
     return merged
 
 
+def group_count(units: int, group_units: int) -> int:
+    """How many groups `units` split units are dealt in, each on its own: one up to `ingest.split_group_units`."""
+    return max(1, -(-units // group_units))
+
+
+def unit_group(unit: bytes, groups: int) -> int:
+    """The group a unit is dealt in: a hash of its id, so any worker finds it without a global table."""
+    return int.from_bytes(hashlib.sha256(unit).digest()[:8], "big") % groups
+
+
+def deal_group(units: Iterable[tuple[bytes, np.ndarray]], fractions: list[float]) -> list[tuple[bytes, int]]:
+    """(unit, split index) for one group's (unit, label counts): assign_blocks within the group."""
+    return list(assign_blocks(dict(units), fractions).items())
+
+
+def assign_in_groups(unit_counts: dict[bytes, np.ndarray], fractions: list[float],
+                     group_units: int) -> dict[bytes, int]:
+    """Split index per unit, dealt group by group as SceneExampleGen's pipeline does (unit_group, deal_group):
+    the whole plan in one process, for tests and bench/floor.py. With one group it is assign_blocks itself."""
+    groups = group_count(len(unit_counts), group_units)
+    parts: dict[int, list[tuple[bytes, np.ndarray]]] = {}
+    for unit, counts in unit_counts.items():
+        parts.setdefault(unit_group(unit, groups), []).append((unit, counts))
+    return dict(pair for part in parts.values() for pair in deal_group(part, fractions))
+
+
 def band_scale_outliers(summaries: list[SceneSummary], config: Config) -> dict[str, str]:
     """Scene id -> problem, for scenes whose median of a band differs from the median of the other scenes'
     medians by `ingest.max_scene_band_ratio` or more, either way: an 8-bit, unscaled or mis-scaled delivery."""
@@ -306,28 +339,17 @@ def _scale_ratio(a: float, b: float) -> float:
 
 
 @dataclass
-class SplitPlan:
-    """The global decision: which split each unit is dealt to, and which scenes are left out."""
+class SceneCheck:
+    """The one global step's decision, about scenes only: which are bad and left out, and their report."""
 
     split_by: str
-    assignment: dict[bytes, int]  # unit -> index into SPLITS; units without a patch centre are train's
     left_out: frozenset[str]  # scenes read but bad (on_bad_scene: skip): their patches are dropped
     bad_scenes: list[str]  # every bad scene's problem, read errors first
     scenes: dict[str, dict[str, Any]]  # report entries of the scenes whose patches are used
 
-    def split_index(self, key: tuple[str, int, tuple[bytes, ...]]) -> int:
-        """Index into SPLITS; BUFFER_DROPPED if the window touches a unit of another split; BAD_SCENE_LEFT_OUT."""
-        scene_id, _, units = key
-        if scene_id in self.left_out:
-            return BAD_SCENE_LEFT_OUT
-        split = self.assignment.get(units[0], _TRAIN_INDEX)
-        if any(self.assignment.get(unit, _TRAIN_INDEX) != split for unit in units[1:]):
-            return BUFFER_DROPPED
-        return split
 
-
-def plan_splits(errors: list[str], summaries: list[SceneSummary], fractions: list[float], config: Config) -> SplitPlan:
-    """Checks band scales across scenes, fails on bad scenes (or leaves them out) and deals the units."""
+def check_scenes(errors: list[str], summaries: list[SceneSummary], config: Config) -> SceneCheck:
+    """Checks band scales across scenes and fails on bad scenes (or leaves them out)."""
     outliers = band_scale_outliers(summaries, config)
     bad_scenes = sorted(errors) + [outliers[scene] for scene in sorted(outliers)]
     report_bad_scenes(bad_scenes, len(errors) + len(summaries), config.ingest.on_bad_scene)
@@ -336,13 +358,52 @@ def plan_splits(errors: list[str], summaries: list[SceneSummary], fractions: lis
         raise BadScenesError(f"ingest.split_by: scene deals whole scenes to {len(SPLITS)} splits "
                              f"({', '.join(SPLITS)}), but only {len(good)} good scene(s) were read; "
                              f"use ingest.split_by: block")
-    assignment = assign_blocks(merge_block_counts(s.unit_counts for s in good), fractions)
-    return SplitPlan(config.ingest.split_by, assignment, frozenset(outliers), bad_scenes,
-                     {s.scene_id: s.report for s in good})
+    return SceneCheck(config.ingest.split_by, frozenset(outliers), bad_scenes, {s.scene_id: s.report for s in good})
 
 
-def ingest_report(plan: SplitPlan, counts: list[tuple[tuple[int, int], int]], config: Config) -> dict[str, Any]:
-    """The report from the plan and the patches counted per (split index, class id).
+def unit_scene(unit: bytes) -> str:
+    """The scene of a split unit: a block id starts with its scene id, a scene unit is the scene id."""
+    return unit.split(b"/", 1)[0].decode()
+
+
+def buffer_units(unit: bytes, split_by: str) -> list[bytes]:
+    """The units whose splits decide whether a patch centred in `unit` is kept (window_split)."""
+    return [unit] if split_by == "scene" else neighbour_block_ids(unit)
+
+
+def window_split(units: tuple[bytes, ...], assignment: dict[bytes, int]) -> int:
+    """Index into SPLITS of a patch whose window touches `units` (its centre's first), or BUFFER_DROPPED if
+    they are not all of one split. Units without a patch centre are train's."""
+    split = assignment.get(units[0], _TRAIN_INDEX)
+    if any(assignment.get(unit, _TRAIN_INDEX) != split for unit in units[1:]):
+        return BUFFER_DROPPED
+    return split
+
+
+@dataclass
+class SplitPlan:
+    """The whole split decision in one process (tests, bench/floor.py); the pipeline never builds it."""
+
+    check: SceneCheck
+    assignment: dict[bytes, int]  # unit -> index into SPLITS
+
+    def split_index(self, key: tuple[str, int, tuple[bytes, ...]]) -> int:
+        """window_split of the patch, or BAD_SCENE_LEFT_OUT."""
+        scene_id, _, units = key
+        return BAD_SCENE_LEFT_OUT if scene_id in self.check.left_out else window_split(units, self.assignment)
+
+
+def plan_splits(errors: list[str], summaries: list[SceneSummary], unit_counts: Iterable[dict[bytes, np.ndarray]],
+                fractions: list[float], config: Config) -> SplitPlan:
+    """What SceneExampleGen decides, in one process: check_scenes, then the good scenes' units dealt in groups."""
+    check = check_scenes(errors, summaries, config)
+    good = {unit: counts for unit, counts in merge_block_counts(unit_counts).items()
+            if unit_scene(unit) not in check.left_out}
+    return SplitPlan(check, assign_in_groups(good, fractions, config.ingest.split_group_units))
+
+
+def ingest_report(check: SceneCheck, counts: list[tuple[tuple[int, int], int]], config: Config) -> dict[str, Any]:
+    """The report from the scene check and the patches counted per (split index, class id).
 
     The patches of the scenes listed sum to the patches of every split plus those the buffer dropped.
     """
@@ -355,18 +416,18 @@ def ingest_report(plan: SplitPlan, counts: list[tuple[tuple[int, int], int]], co
         elif index < len(SPLITS):
             per_class[SPLITS[index]][names[class_id]] += n
     return {
-        "split_by": plan.split_by,
-        "scenes": plan.scenes,
-        "bad_scenes": plan.bad_scenes,
+        "split_by": check.split_by,
+        "scenes": check.scenes,
+        "bad_scenes": check.bad_scenes,
         "buffer_dropped": dropped,
         "patches_per_split": {split: sum(by_class.values()) for split, by_class in per_class.items()},
         "patches_per_class": per_class,
     }
 
 
-def write_ingest_report(plan: SplitPlan, counts: list[tuple[tuple[int, int], int]], examples_uri: str,
+def write_ingest_report(check: SceneCheck, counts: list[tuple[tuple[int, int], int]], examples_uri: str,
                         config: Config) -> None:
-    report = ingest_report(plan, counts, config)
+    report = ingest_report(check, counts, config)
     with fileio.open(os.path.join(examples_uri, INGEST_REPORT_FILE), "w") as f:
         f.write(json.dumps(report, indent=1, sort_keys=True))
     logging.info("Ingestion: %s patches per split, %d dropped by the buffer between splits",
@@ -380,7 +441,8 @@ def read_ingest_report(examples_uri: str) -> dict[str, Any]:
 
 
 class _ReadScene(beam.DoFn):
-    """Emits ((scene, label, units), serialized example) and, tagged, the scene's summary or its error."""
+    """Emits ((scene, label, units), serialized example) and, tagged, the scene's summary, its (unit, label
+    counts) or its error."""
 
     def __init__(self, config_json: str, data_root: str):
         self._config_json = config_json
@@ -397,7 +459,46 @@ class _ReadScene(beam.DoFn):
             yield beam.pvalue.TaggedOutput(_ERRORS, str(err))
             return
         yield beam.pvalue.TaggedOutput(_SUMMARIES, examples.summary)
+        for unit_counts in examples.unit_counts.items():
+            yield beam.pvalue.TaggedOutput(_UNITS, unit_counts)
         yield from zip(examples.keys, examples.serialized)
+
+
+def _example_kept(keyed: tuple[tuple[str, int, tuple[bytes, ...]], bytes], left_out: frozenset[str]) -> bool:
+    return keyed[0][0] not in left_out
+
+
+def _unit_kept(unit_counts: tuple[bytes, np.ndarray], left_out: frozenset[str]) -> bool:
+    return unit_scene(unit_counts[0]) not in left_out
+
+
+def _keyed_by_group(unit_counts: tuple[bytes, np.ndarray], units: int,
+                    group_units: int) -> tuple[int, tuple[bytes, np.ndarray]]:
+    return unit_group(unit_counts[0], group_count(units, group_units)), unit_counts
+
+
+def _deal_grouped(group: tuple[int, Iterable[tuple[bytes, np.ndarray]]],
+                  fractions: list[float]) -> list[tuple[bytes, int]]:
+    return deal_group(group[1], fractions)
+
+
+def _to_buffer_units(dealt: tuple[bytes, int], split_by: str) -> list[tuple[bytes, tuple[bytes, int]]]:
+    """(unit, split) keyed by each unit whose patches may need it: the unit and, for blocks, those around it."""
+    return [(unit, dealt) for unit in buffer_units(dealt[0], split_by)]
+
+
+def _keyed_by_centre(keyed: tuple[tuple[str, int, tuple[bytes, ...]], bytes]) -> tuple[bytes, tuple[Any, ...]]:
+    (_, label, units), serialized = keyed
+    return units[0], (label, units, serialized)
+
+
+def split_examples(joined: tuple[bytes, dict[str, Iterable[Any]]]) -> Iterable[tuple[int, int, bytes]]:
+    """(split index or BUFFER_DROPPED, class id, serialized) for the patches centred in one unit, from the
+    splits of the units around it: a few units and one block's patches, whatever the data's size."""
+    _, grouped = joined
+    splits = dict(grouped[_DEALT])
+    for label, units, serialized in grouped[_EXAMPLES]:
+        yield window_split(units, splits), label, serialized
 
 
 def report_bad_scenes(errors: list[str], scene_count: int, on_bad_scene: str) -> None:
@@ -426,7 +527,7 @@ def _ScenesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], 
         pipeline
         | "Scenes" >> beam.Create(scenes, reshuffle=True)
         | "ReadScenes" >> beam.ParDo(_ReadScene(config.to_json(), input_base)).with_outputs(
-            _ERRORS, _SUMMARIES, main=_EXAMPLES)
+            _ERRORS, _SUMMARIES, _UNITS, main=_EXAMPLES)
     )
 
 
@@ -451,7 +552,7 @@ def resolve_newest_span(exec_properties: dict[str, Any]) -> dict[str, Any]:
 
 class Executor(BaseExampleGenExecutor):
     """Deals whole blocks (or scenes) to the splits, stratified by label, with a buffer between splits
-    (see SplitPlan), instead of TFX's per-block hash; writes the ingest report."""
+    (window_split), instead of TFX's per-block hash; writes the ingest report."""
 
     def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
            exec_properties: dict[str, Any]) -> None:
@@ -482,25 +583,46 @@ class Executor(BaseExampleGenExecutor):
         fractions = split_fractions(output_config)
         config = config_from_exec_properties(exec_properties)
         read = pipeline | "InputToRecord" >> _ScenesToExamples(exec_properties, input_config.splits[0].pattern)
+        # The one global step is about scenes (a summary each, no block in it): bad scenes, their report.
         summaries = read[_SUMMARIES] | "CollectSummaries" >> beam.combiners.ToList()
-        plan = (
+        check = (
             read[_ERRORS]
             | "CollectErrors" >> beam.combiners.ToList()
-            | "PlanSplits" >> beam.Map(plan_splits, summaries=beam.pvalue.AsSingleton(summaries),
-                                       fractions=fractions, config=config)
+            | "CheckScenes" >> beam.Map(check_scenes, summaries=beam.pvalue.AsSingleton(summaries), config=config)
         )
-        indexed = read[_EXAMPLES] | "AssignSplits" >> beam.Map(
-            lambda keyed, plan: (plan.split_index(keyed[0]), keyed), plan=beam.pvalue.AsSingleton(plan))
+        left_out = beam.pvalue.AsSingleton(check | "LeftOut" >> beam.Map(attrgetter("left_out")))
+        # Units (blocks or scenes) are dealt in groups picked by a hash of their id; only their number is global.
+        units = read[_UNITS] | "GoodUnits" >> beam.Filter(_unit_kept, left_out=left_out)
+        unit_total = units | "CountUnits" >> beam.combiners.Count.Globally()
+        dealt = (
+            units
+            | "KeyByGroup" >> beam.Map(_keyed_by_group, units=beam.pvalue.AsSingleton(unit_total),
+                                       group_units=config.ingest.split_group_units)
+            | "GroupUnits" >> beam.GroupByKey()
+            | "DealGroups" >> beam.FlatMap(_deal_grouped, fractions=fractions)
+            | "ToBufferUnits" >> beam.FlatMap(_to_buffer_units, split_by=config.ingest.split_by)
+        )
+        # Each patch meets the splits of its centre's unit and the units around it, keyed by its centre's unit.
+        examples = (
+            read[_EXAMPLES]
+            | "GoodExamples" >> beam.Filter(_example_kept, left_out=left_out)
+            | "KeyByCentreUnit" >> beam.Map(_keyed_by_centre)
+        )
+        indexed = (
+            {_DEALT: dealt, _EXAMPLES: examples}
+            | "JoinSplits" >> beam.CoGroupByKey()
+            | "SplitExamples" >> beam.FlatMap(split_examples)
+        )
         counts = (
             indexed
-            | "SplitAndLabel" >> beam.Map(lambda item: (item[0], item[1][0][1]))
+            | "SplitAndLabel" >> beam.Map(itemgetter(0, 1))
             | "CountPatches" >> beam.combiners.Count.PerElement()
             | "CollectCounts" >> beam.combiners.ToList()
         )
-        _ = plan | "WriteIngestReport" >> beam.Map(write_ingest_report, counts=beam.pvalue.AsSingleton(counts),
-                                                   examples_uri=self._examples_uri, config=config)
-        partitions = indexed | "SplitData" >> beam.Partition(lambda item, _: item[0], len(SPLITS) + 2)
-        return {name: partitions[i] | f"Records[{name}]" >> beam.Map(lambda item: item[1][1])
+        _ = check | "WriteIngestReport" >> beam.Map(write_ingest_report, counts=beam.pvalue.AsSingleton(counts),
+                                                    examples_uri=self._examples_uri, config=config)
+        partitions = indexed | "SplitData" >> beam.Partition(lambda item, _: item[0], len(SPLITS) + 1)
+        return {name: partitions[i] | f"Records[{name}]" >> beam.Map(itemgetter(2))
                 for i, name in enumerate(SPLITS)}
 
 

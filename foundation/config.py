@@ -87,6 +87,9 @@ class IngestConfig:
     train_hash_buckets: int = 6
     validation_hash_buckets: int = 2
     test_hash_buckets: int = 2
+    # Blocks (or scenes) are dealt in groups of about this many, each group on its own (a hash of the unit id
+    # picks its group), so no worker holds every block: one group up to this size, as the sample's ~100 to 1,600.
+    split_group_units: int = 100_000
     # LiDAR cells without returns take the nearest return within this distance; farther away they are invalid.
     max_lidar_gap_m: float = 1.5
     # A scene whose labelled pixels are valid in every stream less often than this is a bad scene.
@@ -463,6 +466,7 @@ NUMERIC_SETTINGS = {
     "ingest.train_hash_buckets": AT_LEAST_1,
     "ingest.validation_hash_buckets": AT_LEAST_1,
     "ingest.test_hash_buckets": AT_LEAST_1,
+    "ingest.split_group_units": AT_LEAST_1,
     "ingest.max_lidar_gap_m": AT_LEAST_0,
     "ingest.min_valid_share": FRACTION,
     "ingest.max_scene_band_ratio": Bounds(1, low_open=True),  # a ratio, either way: 1 would flag every scene

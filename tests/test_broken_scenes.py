@@ -69,7 +69,7 @@ UNEXPECTED = {
     # A PROJ/GDAL CRS error raised while reprojecting labels, outside _open_raster.
     "crs error outside the raster reader": (components.scenes, "reproject", CRSError("Invalid projection: +proj=x"),
                                             LABELS_FILE, "unexpected rasterio.errors.CRSError: Invalid projection"),
-    "memory error while rasterising": (components.scenes, "rasterise_point_cloud", MemoryError("Unable to allocate"),
+    "memory error while rasterising": (components.scenes, "CellSums", MemoryError("Unable to allocate"),
                                        LAZ_FILE, "unexpected MemoryError: Unable to allocate"),
     "a bug after reading": (components.scene_example_gen, "encode_examples", ZeroDivisionError("division by zero"),
                             "", "unexpected ZeroDivisionError: division by zero"),

@@ -56,6 +56,7 @@ BAD_NUMBERS = [
     ("ingest.train_hash_buckets=0", "ingest.train_hash_buckets must be >= 1, got 0"),
     ("ingest.validation_hash_buckets=0", "ingest.validation_hash_buckets must be >= 1, got 0"),
     ("ingest.test_hash_buckets=-2", "ingest.test_hash_buckets must be >= 1, got -2"),
+    ("ingest.split_group_units=0", "ingest.split_group_units must be >= 1, got 0"),
     ("ingest.max_lidar_gap_m=-0.5", "ingest.max_lidar_gap_m must be >= 0, got -0.5"),
     ("ingest.min_valid_share=1.5", "ingest.min_valid_share must be in [0, 1], got 1.5"),
     ("ingest.max_scene_band_ratio=1", "ingest.max_scene_band_ratio must be > 1, got 1.0"),

@@ -6,8 +6,8 @@ from affine import Affine
 from rasterio.crs import CRS
 from tiny_scenes import Grid, region_interior, truth, write_scene
 
-from components.patches import (block_ids, encode_examples, extract_patches, sample_pixels, window_block_ids,
-                                window_valid)
+from components.patches import (block_ids, encode_examples, extract_patches, neighbour_block_ids, sample_pixels,
+                                window_block_ids, window_valid)
 from components.scenes import SceneRasters, load_scene
 from foundation.config import Config
 from transforms.features import BLOCK_ID, COL, LABEL, ROW, SCENE_ID, layout, raw_feature_spec
@@ -123,6 +123,14 @@ def test_window_block_ids_name_every_block_a_window_touches_centre_first():
         (b"s/1_2", {b"s/0_2", b"s/1_2"}, 2),
     ]
     assert [t[0] for t in touched] == block_ids("s", rows, cols, 32)
+
+
+def test_the_blocks_around_a_block_hold_every_block_its_windows_touch():
+    rng = np.random.default_rng(1)
+    rows, cols = rng.integers(4, 200, 500), rng.integers(4, 200, 500)
+    for touched in window_block_ids("scene-7", rows, cols, 9, 9):  # blocks as small as a window
+        assert set(touched) <= set(neighbour_block_ids(touched[0]))
+    assert len(set(neighbour_block_ids(b"scene-7/0_3"))) == 9 and b"scene-7/-1_4" in neighbour_block_ids(b"scene-7/0_3")
 
 
 def random_scene(config, height=150, width=300, seed=0):

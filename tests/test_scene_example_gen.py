@@ -6,18 +6,23 @@ import logging
 import os
 import re
 
+import apache_beam as beam
 import numpy as np
 import pytest
 import rasterio
 import tensorflow as tf
+from apache_beam.pipeline import PipelineVisitor
 from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts, standard_component_specs
 from tfx.utils import proto_utils
 from tiny_scenes import POINT_CLOUD_FILE, REFERENCE_CRS, SIZE, reference_transform, write_raster, write_scene
 
+import components.scene_example_gen
 from components.scene_example_gen import (BUFFER_DROPPED, INGEST_REPORT_FILE, INGEST_REPORT_PROPERTY, BadScenesError,
-                                          Executor, SceneExampleGen, SceneSummary, SplitPlan, assign_blocks,
-                                          band_scale_outliers, read_ingest_report, resolve_newest_span, scene_examples)
+                                          Executor, SceneExampleGen, SceneSummary, assign_blocks, band_scale_outliers,
+                                          group_count, merge_block_counts, plan_splits, read_ingest_report,
+                                          resolve_newest_span, scene_examples, scene_patches, split_fractions,
+                                          window_split)
 from components.scenes import SceneError
 from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config
 from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, span_folder
@@ -28,14 +33,20 @@ P = Config().ingest.patch_size
 HALF = P // 2
 
 
-def run_executor(config: Config, data_root, output_dir, pattern=f"{span_folder(1)}/*/*"):
-    """Runs the executor as TFX would, with the split pattern the driver resolved."""
+def resolved_exec_properties(config: Config, data_root, pattern=f"{span_folder(1)}/*/*"):
+    """The component's exec properties with the split pattern the driver resolved."""
     component = SceneExampleGen(config.replace({"run.data_root": str(data_root)}))
     exec_properties = dict(component.exec_properties)
     input_config = example_gen_pb2.Input()
     proto_utils.json_to_proto(exec_properties[standard_component_specs.INPUT_CONFIG_KEY], input_config)
     input_config.splits[0].pattern = pattern
     exec_properties[standard_component_specs.INPUT_CONFIG_KEY] = proto_utils.proto_to_json(input_config)
+    return exec_properties
+
+
+def run_executor(config: Config, data_root, output_dir, pattern=f"{span_folder(1)}/*/*"):
+    """Runs the executor as TFX would, with the split pattern the driver resolved."""
+    exec_properties = resolved_exec_properties(config, data_root, pattern)
     examples = standard_artifacts.Examples()
     examples.uri = str(output_dir)
     Executor().Do({}, {standard_component_specs.EXAMPLES_KEY: [examples]}, exec_properties)
@@ -167,11 +178,114 @@ def test_no_split_is_left_empty_while_units_remain():
 def test_a_window_is_kept_only_where_every_block_it_touches_shares_its_split():
     """Blocks a and c hold patches and go to different splits; block b between them holds none. A window
     reaching from a into b and one reaching from c into b could overlap inside b: b counts as train."""
-    plan = SplitPlan("block", {b"a": SPLITS.index(TEST), b"c": SPLITS.index(TRAIN)}, frozenset(), [], {})
-    assert plan.split_index(("s", 10, (b"a",))) == SPLITS.index(TEST)
-    assert plan.split_index(("s", 10, (b"a", b"b"))) == BUFFER_DROPPED
-    assert plan.split_index(("s", 10, (b"c", b"b"))) == SPLITS.index(TRAIN)
-    assert plan.split_index(("s", 10, (b"c", b"a"))) == BUFFER_DROPPED
+    assignment = {b"a": SPLITS.index(TEST), b"c": SPLITS.index(TRAIN)}
+    assert window_split((b"a",), assignment) == SPLITS.index(TEST)
+    assert window_split((b"a", b"b"), assignment) == BUFFER_DROPPED
+    assert window_split((b"c", b"b"), assignment) == SPLITS.index(TRAIN)
+    assert window_split((b"c", b"a"), assignment) == BUFFER_DROPPED
+
+
+def fractions_of(config):
+    output_config = proto_utils.json_to_proto(SceneExampleGen(config).exec_properties["output_config"],
+                                              example_gen_pb2.Output())
+    return split_fractions(output_config)
+
+
+def sampled_scenes(sample_root, config):
+    """Every scene's sampled patch centres and the blocks their windows touch, read in one process."""
+    return [scene_patches(str(scene_dir), config) for scene_dir in sorted((sample_root / span_folder(1)).iterdir())]
+
+
+def patches_by_split(scenes, assignment):
+    """(scene, row, col) of the patches window_split sends to each split index (and to BUFFER_DROPPED)."""
+    expected = {index: set() for index in range(len(SPLITS) + 1)}
+    for scene in scenes:
+        scene_id = scene.rasters.scene_id.encode()
+        for row, col, units in zip(scene.rows.tolist(), scene.cols.tolist(), scene.units):
+            expected[window_split(units, assignment)].add((scene_id, row, col))
+    return expected
+
+
+def written_by_split(splits):
+    return {index: set(zip(splits[split][SCENE_ID].tolist(), splits[split][ROW].tolist(), splits[split][COL].tolist()))
+            for index, split in enumerate(SPLITS)}
+
+
+def test_with_one_group_every_patch_goes_where_one_global_plan_sends_it(by_block, sample_root):
+    """At the sample's scale the blocks form one group: the splits are those of assign_blocks over every block
+    at once (the plan before groups existed), patch by patch."""
+    config, examples, splits = by_block
+    scenes = sampled_scenes(sample_root, config)
+    blocks = merge_block_counts(scene.unit_counts for scene in scenes)
+    assert group_count(len(blocks), config.ingest.split_group_units) == 1
+    expected = patches_by_split(scenes, assign_blocks(blocks, fractions_of(config)))
+    written = written_by_split(splits)
+    for index in range(len(SPLITS)):
+        assert written[index] == expected[index] and written[index]
+    assert read_ingest_report(examples.uri)["buffer_dropped"] == len(expected[BUFFER_DROPPED])
+
+
+GROUP_UNITS = 5
+
+
+@pytest.fixture(scope="module")
+def in_groups(sample_root, tmp_path_factory):
+    """Two runs dealing the sample's 36 blocks in groups of about GROUP_UNITS, with every group's size recorded."""
+    dealt = []
+    deal = components.scene_example_gen.assign_blocks
+
+    def recording(block_counts, fractions):
+        dealt.append(len(block_counts))
+        return deal(block_counts, fractions)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(components.scene_example_gen, "assign_blocks", recording)
+        runs = [_run_on_sample(sample_root, tmp_path_factory, {"ingest.split_group_units": GROUP_UNITS})
+                for _ in range(2)]
+    return runs, dealt
+
+
+def test_in_many_groups_every_block_gets_one_split_with_the_buffer_and_no_group_holds_them_all(in_groups, sample_root):
+    (config, examples, splits), _ = in_groups[0]
+    scenes = sampled_scenes(sample_root, config)
+    blocks = merge_block_counts(scene.unit_counts for scene in scenes)
+    plan = plan_splits([], [scene.summary for scene in scenes], [scene.unit_counts for scene in scenes],
+                       fractions_of(config), config)
+    assert set(plan.assignment) == set(blocks)
+    expected = patches_by_split(scenes, plan.assignment)
+    written = written_by_split(splits)
+    for index in range(len(SPLITS)):
+        assert written[index] == expected[index] and written[index]
+    centre_blocks = [set(splits[split][BLOCK_ID].tolist()) for split in SPLITS]
+    assert sum(map(len, centre_blocks)) == len(set.union(*centre_blocks)) == len(blocks)
+    assert split_overlaps(splits, 96) == {f"scene-{i:03d}".encode(): 0 for i in range(4)}
+    # Each run dealt its blocks in several groups, none of them every block.
+    dealt = in_groups[1]
+    assert group_count(len(blocks), GROUP_UNITS) > 2 and sum(dealt) == 2 * len(blocks)
+    assert max(dealt) < len(blocks) / 2 and len(dealt) > 4
+
+
+def test_in_many_groups_the_splits_are_the_same_every_run(in_groups):
+    (_, examples, splits), (_, again, splits_again) = in_groups[0]
+    assert written_by_split(splits_again) == written_by_split(splits)
+    assert read_ingest_report(again.uri) == read_ingest_report(examples.uri)
+
+
+def test_only_scene_level_and_scalar_data_reach_every_worker(sample_root, tmp_path):
+    """Side inputs are the only values every worker gets: bad scenes' errors and the scene summaries (one per
+    scene, no block in them), the scenes left out, the number of blocks and the patch counts per split and class."""
+    executor = Executor()
+    executor._examples_uri = str(tmp_path)
+    pipeline = beam.Pipeline()
+    executor.GenerateExamplesByBeam(pipeline, resolved_exec_properties(Config(), sample_root))
+    side_inputs = set()
+
+    class SideInputs(PipelineVisitor):
+        def visit_transform(self, node):
+            side_inputs.update(side.pvalue.producer.full_label.split("/")[0] for side in node.side_inputs)
+
+    pipeline.visit(SideInputs())
+    assert side_inputs == {"CollectErrors", "CollectSummaries", "LeftOut", "CountUnits", "CollectCounts"}
 
 
 def examples_of(scene_dir, config):
@@ -270,7 +384,7 @@ def test_skip_mode_leaves_bad_scenes_out_and_keeps_the_others(tmp_path):
 
 
 def summary(scene_id, medians):
-    return SceneSummary(scene_id, f"/data/{scene_id}/{MULTISPECTRAL_FILE}", {}, tuple(medians), {})
+    return SceneSummary(scene_id, f"/data/{scene_id}/{MULTISPECTRAL_FILE}", tuple(medians), {})
 
 
 def test_band_scales_are_compared_only_with_three_scenes_or_more(caplog):

@@ -2,16 +2,23 @@
 import logging
 import pickle
 
+import laspy
 import numpy as np
 import pytest
 import rasterio
 import tensorflow as tf
+from affine import Affine
 from tiny_scenes import (POINT_CLOUD_FILE, REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value,
                          reference_transform, region_interior, truth, write_point_cloud, write_raster, write_scene)
 
+import components.scenes
+from components.lidar_rasters import CellSums, Points
+from components.lidar_rasters import Grid as LidarGrid
 from components.scenes import SceneError, load_scene, scene_dirs
 from foundation.config import LIDAR_CHANNEL_CHOICES, Config
-from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file, span_folder
+from foundation.scene_folder import (LABELS_FILE, LAZ_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file,
+                                     span_folder)
+from synth.scenes import generate_sample
 
 CONFIG = Config()
 ALL_CHANNELS = Config().replace({"streams.lidar_channels": list(LIDAR_CHANNEL_CHOICES)})
@@ -103,6 +110,58 @@ def test_ground_under_roofs_and_canopy_is_interpolated_from_the_ground_around(tm
     rasters = load_scene(write_scene(tmp_path, no_ground=scattered + [roof]), CONFIG)
     np.testing.assert_allclose(channel(rasters, CONFIG, "height"), truth("height"), atol=HEIGHT_TOLERANCE_M)
     assert rasters.filled_cells["height"] == 0
+
+
+@pytest.mark.parametrize("lidar", ["las", "laz"])
+def test_a_point_cloud_read_in_small_chunks_gives_the_rasters_of_one_read(tmp_path, monkeypatch, lidar):
+    """Points are summed per cell chunk by chunk, never held whole: 97 points at a time (the tiny cloud holds
+    thousands, in chunks of any remainder) must give what one chunk of all of them gives."""
+    scene_dir = write_scene(tmp_path, lidar=lidar, no_ground=[(3, 13, 24, 36)], holes=[(30, 34, 2, 6)])
+    whole = load_scene(scene_dir, ALL_CHANNELS)
+    monkeypatch.setattr(components.scenes, "POINTS_PER_CHUNK", 97)
+    chunked = load_scene(scene_dir, ALL_CHANNELS)
+    np.testing.assert_allclose(chunked.lidar, whole.lidar, rtol=1e-12, equal_nan=True)
+    np.testing.assert_array_equal(chunked.lidar_valid, whole.lidar_valid)
+    assert chunked.filled_cells == whole.filled_cells
+
+
+def cell_sums(grid, points, row0=0, col0=0, height=None, width=None):
+    """CellSums of `points` on the window of `grid` at (row0, col0), the whole grid by default."""
+    window = LidarGrid(grid.crs, grid.transform * Affine.translation(col0, row0), height or grid.height,
+                       width or grid.width)
+    sums = CellSums(window)
+    sums.add(points)
+    return sums.rasters()
+
+
+def test_a_tile_with_a_halo_rasterises_the_lidar_of_the_whole_scene(tmp_path):
+    """Per-cell channels need no halo; the ground surface under a gap in the ground points is interpolated from
+    the ring of cells around that gap alone, so a tile whose window holds every gap reaching into it, with its
+    ring, gets the whole scene's heights. The sample scenes' gaps (roofs, water, dense canopy) span up to 61
+    cells: tiles of 32 with a halo of 24 hold them; without a halo, heights under gaps cut by the tile differ."""
+    generate_sample(tmp_path, CONFIG, scenes_per_span=2, size=96, seed=3)
+    tile, halo = 32, 24
+    for scene_dir in sorted((tmp_path / span_folder(1)).iterdir()):
+        with rasterio.open(scene_dir / MULTISPECTRAL_FILE) as src:
+            grid = LidarGrid(src.crs, src.transform, src.height, src.width)
+        las = laspy.read(scene_dir / LAZ_FILE)
+        points = Points(np.asarray(las.x), np.asarray(las.y), np.asarray(las.z), np.asarray(las.classification),
+                        np.asarray(las.intensity), np.asarray(las.number_of_returns))
+        whole = cell_sums(grid, points)
+        differs_without_halo = False
+        for row in range(0, grid.height, tile):
+            for col in range(0, grid.width, tile):
+                row0, col0 = max(row - halo, 0), max(col - halo, 0)
+                row1, col1 = min(row + tile + halo, grid.height), min(col + tile + halo, grid.width)
+                tiled = cell_sums(grid, points, row0, col0, row1 - row0, col1 - col0)
+                bare = cell_sums(grid, points, row, col, tile, tile)
+                for name, (values, has_points) in whole.items():
+                    core = (slice(row, row + tile), slice(col, col + tile))
+                    inner = (slice(row - row0, row - row0 + tile), slice(col - col0, col - col0 + tile))
+                    np.testing.assert_array_equal(tiled[name][0][inner], values[core], err_msg=name)
+                    np.testing.assert_array_equal(tiled[name][1][inner], has_points[core], err_msg=name)
+                    differs_without_halo |= not np.array_equal(bare[name][0], values[core])
+        assert differs_without_halo
 
 
 def test_float_reflectance_is_brought_to_uint16_units(tmp_path):
