@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from bench import model_variants
 from bench.report import MEASURED_KEY
 from bench.run import keep_unrun_sections
 from bench.sections import limits_exceeded
+from bench.settings import UNSEEN_SEED_OFFSET
 from bench.worker import CHECK_KINDS, check_kind
 from foundation.config import Config
 from models.evaluation import gate_checks
@@ -135,3 +137,15 @@ def test_limits_exceeded_names_each_limit_a_cell_crosses():
     # Without a baseline only the absolute limits apply; a class without test examples (NaN) is under its floor.
     assert limits_exceeded(evaluation({"a": 0.5, "b": math.nan}, examples=5, excess=0.3), None, gate, floors) == [
         "floor", "examples", "majority excess"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--offset", str(UNSEEN_SEED_OFFSET)], "the benchmark's reporting offset"),
+    (["--offset", "200", "--set", "ingest.patch_size=7"], "only model.* settings vary here"),
+])
+def test_model_variants_refuse_the_reporting_scenes_and_settings_the_transform_output_fixes(argv, message, capsys):
+    """Choosing on the scenes that report, or varying what the shared Transform output already fixed, would make
+    the comparison meaningless; both are refused before anything runs."""
+    with pytest.raises(SystemExit):
+        model_variants.main(argv)
+    assert message in capsys.readouterr().err
