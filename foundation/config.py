@@ -350,6 +350,15 @@ def resolve_path(path: str) -> str:
     return path if "://" in path else os.path.abspath(path)
 
 
+def require_model_fits_patch(config: Config) -> None:
+    """Checked where a whole config starts a run and where the model is built, not on every Config: a component's
+    restricted config (`Config.restricted`) pairs the run's patch size with the default model, which need not fit."""
+    if convolved_patch_side(config) < 1:
+        raise ConfigError(f"ingest.patch_size {config.ingest.patch_size} is too small for the model: "
+                          f"{len(config.model.branch_filters)} branch convolutions and the fused one (3x3, valid) "
+                          f"need at least {config.ingest.patch_size - convolved_patch_side(config) + 1}")
+
+
 def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Defaults, then the YAML/JSON file, then `section.key=value` strings (values parsed as YAML)."""
     config = Config()
@@ -381,7 +390,9 @@ def load_config(path: str | None = None, overrides: list[str] | tuple[str, ...] 
         if not sep:
             raise ConfigError(f"override {item!r} is not section.key=value")
         parsed[key.strip()] = yaml.safe_load(raw)
-    return config.replace(parsed) if parsed else config
+    config = config.replace(parsed) if parsed else config
+    require_model_fits_patch(config)
+    return config
 
 
 def _build(cls: type, data: Any, where: str) -> Any:
@@ -538,10 +549,6 @@ def _validate(config: Config) -> None:
     if config.ingest.block_size < config.ingest.patch_size:
         raise ConfigError(f"ingest.block_size must be at least ingest.patch_size ({config.ingest.patch_size}), "
                           f"got {config.ingest.block_size}")
-    if convolved_patch_side(config) < 1:
-        raise ConfigError(f"ingest.patch_size {config.ingest.patch_size} is too small for the model: "
-                          f"{len(config.model.branch_filters)} branch convolutions and the fused one (3x3, valid) "
-                          f"need at least {config.ingest.patch_size - convolved_patch_side(config) + 1}")
     clip = config.transform.height_clip_m
     if len(clip) != 2 or clip[0] >= clip[1]:
         raise ConfigError(f"transform.height_clip_m must be [low, high] with low < high, got {list(clip)}")

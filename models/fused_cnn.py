@@ -18,7 +18,7 @@ import tf_keras
 from tensorflow.python.autograph.core import config as autograph_config
 from tensorflow.python.autograph.core import config_lib as autograph_rules
 
-from foundation.config import Config, convolved_patch_side
+from foundation.config import Config, convolved_patch_side, require_model_fits_patch
 from transforms.features import LIDAR, MULTISPECTRAL, layout
 
 # AutoGraph leaves `keras` alone but not `tf_keras`: it re-converts hundreds of tf_keras functions when
@@ -83,6 +83,7 @@ def _network(inputs: dict, config: Config, layer: LayerSource):
 
 def build_model(config: Config) -> tf_keras.Model:
     """Compiled softmax classifier over the K classes of the class table, one input per stream used."""
+    require_model_fits_patch(config)
     lay = layout(config)
     seeds = _seeds(config.model.seed)
     inputs = {s: tf_keras.Input(shape=lay.stream_shape(s), name=s, dtype="float32")

@@ -18,7 +18,7 @@ from tensorflow_transform.tf_metadata import dataset_metadata
 from tfx.components.trainer.fn_args_utils import FnArgs
 
 from components.atomic_pusher import publish_atomically
-from foundation.config import TEST, TRAIN, VALIDATION, Config, ConfigError
+from foundation.config import TEST, TRAIN, VALIDATION, Config, ConfigError, load_config
 from foundation.published import (CLASS_ID, CLASS_INDEX, MAP_INPUT, MAP_SIGNATURE, PROBABILITIES, SERVING_INPUT,
                                   SERVING_SIGNATURE, TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRANSFORM_SIGNATURE,
                                   read_training_record, reusable_model, training_key)
@@ -108,9 +108,19 @@ def test_tile_model_gives_every_pixel_its_own_patchs_probabilities(config):
     np.testing.assert_allclose(mapped.reshape(-1, mapped.shape[-1]), per_patch, rtol=1e-4, atol=1e-6)
 
 
-def test_patch_too_small_for_the_convolutions_is_refused():
+def test_patch_too_small_for_the_convolutions_is_refused_when_a_run_starts_and_when_the_model_is_built():
     with pytest.raises(ConfigError, match="patch_size 3 is too small for the model"):
-        CONFIG.replace({"ingest.patch_size": 3})
+        load_config(None, ["ingest.patch_size=3", "ingest.block_size=8"])
+    with pytest.raises(ConfigError, match="patch_size 3 is too small for the model"):
+        build_model(CONFIG.replace({"ingest.patch_size": 3}))
+
+
+def test_a_components_restricted_config_may_pair_a_small_patch_with_the_default_model():
+    """Transform and ingestion get the run's patch size with the model section at its defaults: a 5 px patch with
+    a one-convolution model is a valid run, and its restricted configs must load where the components read them."""
+    small = load_config(None, ["ingest.patch_size=5", "model.branch_filters=[16]"])
+    restricted = small.restricted("streams", "ingest", "transform")
+    assert Config.from_dict(restricted.to_dict()).ingest.patch_size == 5
 
 
 def test_no_normalisation_inside_the_model():
