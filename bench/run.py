@@ -21,6 +21,8 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from foundation.environment import prepare_tensorflow
 
 prepare_tensorflow()  # `python -m bench.run` is an entry point: the switch goes before TensorFlow loads
@@ -63,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def json_ready(value: Any) -> Any:
-    """NaN and infinities become null: results.json stays strict JSON."""
+    """NaN and infinities become null and numpy scalars Python ones: results.json stays strict JSON."""
+    if isinstance(value, np.generic):
+        return json_ready(value.item())
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):

@@ -15,7 +15,7 @@ import pytest
 
 from bench import model_variants
 from bench.report import MEASURED_KEY
-from bench.run import keep_unrun_sections
+from bench.run import json_ready, keep_unrun_sections
 from bench.sections import limits_exceeded
 from bench.settings import UNSEEN_SEED_OFFSET
 from bench.worker import CHECK_KINDS, check_kind
@@ -77,7 +77,7 @@ def test_results_json_has_every_section_and_number(out_dir):
         assert set(splits) == {"test", "unseen"}
         for scores in splits.values():
             assert set(scores["per_class_recall"]) == set(quality["classes"])
-    assert {row["issue"] for row in results["targets"]} == {2, 3, 5, 9, 11, 12}
+    assert {row["issue"] for row in results["targets"]} == {2, 3, 5, 9, 11, 12, 13}
     assert all(isinstance(row["passed"], bool) for row in results["targets"])
 
 
@@ -149,3 +149,13 @@ def test_model_variants_refuse_the_reporting_scenes_and_settings_the_transform_o
     with pytest.raises(SystemExit):
         model_variants.main(argv)
     assert message in capsys.readouterr().err
+
+
+def test_results_json_takes_numpy_scalars_and_drops_non_finite_numbers():
+    """A target row's verdict can be numpy's bool (a comparison of numpy means): results.json must still be written."""
+    import numpy as np
+
+    ready = json_ready({"passed": np.bool_(True), "value": np.float64(0.5), "count": np.int64(3),
+                        "missing": float("nan"), "rows": (np.float32(np.inf),)})
+    assert json.loads(json.dumps(ready, allow_nan=False)) == {"passed": True, "value": 0.5, "count": 3,
+                                                              "missing": None, "rows": [None]}
