@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.metrics import metric_specs
 
@@ -275,3 +276,22 @@ def verdict_lines(summary: EvaluationSummary, config: Config, baseline: str | No
     if summary.blessed:
         return [*lines, "Verdict: BLESSED"]
     return [*lines, "Verdict: NOT BLESSED", *(f"  - {failure}" for failure in summary.failures)]
+
+
+def confusion_matrix(evaluation_uri: str, num_classes: int) -> np.ndarray | None:
+    """The candidate's argmax confusion counts [label index, predicted index] on the test split, from the
+    Evaluator's MultiClassConfusionMatrixPlot; None when its output holds none."""
+    for plots in tfma.load_plots(evaluation_uri):
+        if plots.slice_key.single_slice_keys:
+            continue
+        for item in plots.plot_keys_and_values:
+            if item.key.model_name == tfma.BASELINE_KEY or \
+                    not item.value.HasField("multi_class_confusion_matrix_at_thresholds"):
+                continue
+            matrices = item.value.multi_class_confusion_matrix_at_thresholds.matrices
+            counts = np.zeros((num_classes, num_classes))
+            for entry in matrices[0].entries if matrices else []:
+                if 0 <= entry.actual_class_id < num_classes and 0 <= entry.predicted_class_id < num_classes:
+                    counts[entry.actual_class_id, entry.predicted_class_id] += entry.num_weighted_examples
+            return counts
+    return None

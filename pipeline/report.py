@@ -361,27 +361,6 @@ def _divergence_png(divergences: list[dict[str, Any]]) -> bytes:
     return _figure_png(figure)
 
 
-def confusion_matrix(evaluation_uri: str, num_classes: int) -> np.ndarray | None:
-    """The candidate's argmax confusion counts [label index, predicted index] on the test split, from the
-    Evaluator's MultiClassConfusionMatrixPlot; None when its output holds none."""
-    import tensorflow_model_analysis as tfma
-
-    for plots in tfma.load_plots(evaluation_uri):
-        if plots.slice_key.single_slice_keys:
-            continue
-        for item in plots.plot_keys_and_values:
-            if item.key.model_name == tfma.BASELINE_KEY or \
-                    not item.value.HasField("multi_class_confusion_matrix_at_thresholds"):
-                continue
-            matrices = item.value.multi_class_confusion_matrix_at_thresholds.matrices
-            counts = np.zeros((num_classes, num_classes))
-            for entry in matrices[0].entries if matrices else []:
-                if 0 <= entry.actual_class_id < num_classes and 0 <= entry.predicted_class_id < num_classes:
-                    counts[entry.actual_class_id, entry.predicted_class_id] += entry.num_weighted_examples
-            return counts
-    return None
-
-
 def _evaluation_section(record: RunRecord) -> str:
     heading = "<h2>The test split: per-class recall against the floors and the serving model</h2>"
     result = record.evaluation
@@ -420,6 +399,8 @@ def _evaluation_section(record: RunRecord) -> str:
     serving = None if changes is None else [result.per_class_recall[n] - changes[n] for n in names]
     parts.append(_image(_recall_png(names, [result.per_class_recall[n] for n in names], [floors[n] for n in names],
                                     serving), "per-class recall with floors"))
+    from models.evaluation import confusion_matrix  # TFMA loads only for a page that shows an evaluation
+
     evaluation = summary.output(record.runs, EVALUATOR, "evaluation")
     matrix = confusion_matrix(evaluation.uri, len(names))
     if matrix is None:
