@@ -142,7 +142,7 @@ class ModelConfig:
     centre_pixel_path: bool = True
     # Training patches under a random one of the square's 8 rotations and reflections (models/augmentation.py).
     augment: bool = True
-    # Share of training examples of a fused model that lose one stream (models/augmentation.py stream_dropout), so
+    # Share of training examples of a fused model that lose one stream, with `augment` (models/augmentation.py), so
     # that neither branch leans on the other's scene-specific detail. With the longer training below, chosen on
     # unseen scenes (docs/design-notes.md).
     stream_dropout: float = 0.3

@@ -1,7 +1,8 @@
 """TFX Trainer module: train the fused CNN on Transform outputs and export a model that serves raw examples.
 
-TFX imports this file as the top-level module `trainer` from a wheel of its folder, so project code is
-imported by absolute package name (the installed terrafuse package).
+TFX finds `run_fn` by import path in the installed terrafuse package (local runs, and Kubeflow with
+`kubeflow.module_source: image`) or, with `wheel`, imports this file as the top-level module `trainer` from a
+wheel of its folder; so project code is imported by absolute package name.
 
 Inputs from the DAG: `fn_args.hyperparameters` is the data gate's label counts
 {"train": {"<class id>": n}, "validation": {...}, "test": {...}}, the data's provenance

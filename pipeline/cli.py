@@ -260,8 +260,6 @@ def main(argv: list[str] | None = None) -> int:
     sys.argv = sys.argv[:1]
     prepare_tensorflow()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1" if args.verbose else "3")
-    if not args.verbose:  # TFX pip-installs the user-code wheels in a subprocess on every Transform and Trainer run
-        os.environ.setdefault("PIP_QUIET", "1")
     # google-api-core warns on every import that Python 3.10 is old; TFX 1.16 installs on 3.10 only.
     warnings.filterwarnings("ignore", category=FutureWarning)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,

@@ -21,8 +21,9 @@ LABEL_INDEX is the position of the raw class id in the class table (ids are not 
 outside the table maps to -1. It depends on the raw label only, so serving examples without a label
 still get both stream outputs: tf.Transform prunes the outputs whose inputs are not fed.
 
-TFX imports this file as the top-level module `preprocessing` from a wheel of its folder, so project
-code is imported by absolute package name (the installed terrafuse package).
+TFX finds `preprocessing_fn` by import path in the installed terrafuse package (local runs, and Kubeflow with
+`kubeflow.module_source: image`) or, with `wheel`, imports this file as the top-level module `preprocessing` from
+a wheel of its folder; so project code is imported by absolute package name.
 """
 from __future__ import annotations
 
