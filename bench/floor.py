@@ -31,7 +31,6 @@ from tfx.dsl.io import fileio
 from tfx.proto import example_gen_pb2
 from tfx.utils import proto_utils
 
-from components.patches import extract_patches
 from components.scene_example_gen import BUFFER_DROPPED, SceneExampleGen, plan_splits, scene_patches, split_fractions
 from components.scenes import SceneError, scene_dirs
 from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config, load_config
@@ -71,13 +70,12 @@ def read_patches(config: Config) -> Patches:
         try:
             scene = scene_patches(folder, config)
         except SceneError as err:  # plan_splits fails on it (or leaves it out), as ingestion does
-            errors.append(str(err))
+            errors.append(err)
             continue
         summaries.append(scene.summary)
         unit_counts.append(scene.unit_counts)
-        stack = np.concatenate([scene.rasters.multispectral, scene.rasters.lidar])
-        scenes.append((scene.rasters.scene_id, scene.labels, scene.units,
-                       extract_patches(stack, scene.rows, scene.cols, config.ingest.patch_size)))
+        scenes.append((scene.summary.scene_id, scene.labels, scene.units,
+                       scene.patch_values(config.ingest.patch_size)))
     # Each split's share from SceneExampleGen's own output config, as its executor reads it.
     output_config = proto_utils.json_to_proto(SceneExampleGen(config).exec_properties["output_config"],
                                               example_gen_pb2.Output())

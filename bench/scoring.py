@@ -6,8 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from components.patches import encode_examples
-from components.scene_example_gen import sample_scene
+from components.scene_example_gen import scene_examples
 from foundation.config import Config
 from foundation.published import PROBABILITIES, SERVING_SIGNATURE
 from foundation.scene_folder import SPAN_PREFIX
@@ -34,10 +33,10 @@ def unseen_examples(data_root: Path, config: Config) -> tuple[list[bytes], np.nd
     everything = config.replace({"ingest.max_per_class": 0})
     serialized, labels = [], []
     for scene in sorted(p for p in Path(data_root).glob(f"{SPAN_PREFIX}*/*") if p.is_dir()):
-        rasters, rows, cols, _ = sample_scene(str(scene), everything)
-        serialized += encode_examples(rasters, rows, cols, everything)
-        labels.append(rasters.labels[rows, cols])
-    return serialized, np.concatenate(labels)
+        examples = scene_examples(str(scene), everything)
+        serialized += examples.serialized
+        labels += [label for _, label, _ in examples.keys]
+    return serialized, np.array(labels)
 
 
 def model_recalls(model_dir: str, serialized: list[bytes], labels: np.ndarray, config: Config) -> list[float]:

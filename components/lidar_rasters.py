@@ -3,7 +3,9 @@
 Height is the top of a cell's points above a ground surface interpolated from ground points (so a sloped
 terrain reads 0 on bare ground), intensity the mean of its points, return_ratio the share of its points from
 pulses with several returns, density its points per square metre. Reading the file and bringing its points
-onto the grid's CRS is components.scenes' part; problems raise PointCloudError, which it names the file for.
+onto the grid's CRS is components.scenes' part. A cloud is read in parts (chunks of points, which a pipeline reads
+on different workers): each part is binned into sparse per-cell sums (SparseCells) and counts (PointStats), the
+sums of the cells of a tile's window are added up there (CellSums), the counts per scene.
 """
 from __future__ import annotations
 
@@ -24,12 +26,11 @@ GROUND_CLASS = 2
 NOISE_CLASSES = (7, 18)
 # Ground cells this close to a cell without ground points span the triangles that interpolate it.
 _GAP_RIM_CELLS = 2
+# Ground z is summed in integers of this unit (0.1 mm, finer than any LAS scale in use): integer sums are exact,
+# so a cell's ground does not depend on the order its points arrive in (ranges, tiles, sorting).
+GROUND_Z_UNIT_M = 1e-4
 # Rounds of closing ground gaps between opposite neighbours; what is left goes to the triangulation.
 _NEIGHBOUR_FILL_ROUNDS = 4
-
-
-class PointCloudError(ValueError):
-    """A point cloud that gives no rasters on the grid; the message says why, without the file's name."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,97 @@ class Points:
     number_of_returns: np.ndarray  # of each point's pulse
 
 
+@dataclass
+class PointStats:
+    """What says whether a scene's point cloud is usable at all, summed over the parts it is read in."""
+
+    points: int = 0  # every point read, on the grid or not
+    ground_points: int = 0
+    on_grid: int = 0  # points on the grid that are not noise
+    ground_on_grid: int = 0
+    bounds: tuple[float, float, float, float] = (np.inf, np.inf, -np.inf, -np.inf)  # of every point read
+
+    def merge(self, other: PointStats) -> PointStats:
+        west, south, east, north = self.bounds
+        o_west, o_south, o_east, o_north = other.bounds
+        return PointStats(self.points + other.points, self.ground_points + other.ground_points,
+                          self.on_grid + other.on_grid, self.ground_on_grid + other.ground_on_grid,
+                          (min(west, o_west), min(south, o_south), max(east, o_east), max(north, o_north)))
+
+    def problem(self, grid: Grid) -> str | None:
+        """Why the cloud gives no rasters on `grid` (the scene's), or None."""
+        if not self.points:
+            return "no points (an empty point cloud)"
+        if not self.ground_points:
+            return f"no ground points (classification {GROUND_CLASS})"
+        if not self.on_grid:
+            return grid.not_covered("points", self.bounds)
+        if not self.ground_on_grid:
+            return f"no ground points (classification {GROUND_CLASS}) on the {MULTISPECTRAL_FILE} grid"
+        return None
+
+
+@dataclass
+class SparseCells:
+    """Per-cell sums of some points, for the cells they hit only (flat indices, ascending): what a part of the
+    cloud contributes to the cells of a tile, small enough to send between workers."""
+
+    cells: np.ndarray  # int64 flat index on the grid (or window) the sums belong to
+    count: np.ndarray  # int64 points per cell
+    top: np.ndarray  # highest z per cell
+    intensity: np.ndarray  # sum of intensities
+    multiple: np.ndarray  # points from pulses with several returns
+    ground_count: np.ndarray  # int64 ground points
+    ground_z: np.ndarray  # int64 sum of ground points' z, in GROUND_Z_UNIT_M
+
+    def window(self, grid_width: int, row0: int, col0: int, height: int, width: int) -> SparseCells:
+        """The cells inside a window of the grid, indexed on the window."""
+        rows, cols = np.divmod(self.cells, grid_width)
+        inside = (rows >= row0) & (rows < row0 + height) & (cols >= col0) & (cols < col0 + width)
+        return SparseCells((rows[inside] - row0) * width + cols[inside] - col0, *(
+            values[inside] for values in (self.count, self.top, self.intensity, self.multiple, self.ground_count,
+                                          self.ground_z)))
+
+
+def bin_points(points: Points, grid: Grid) -> tuple[SparseCells, PointStats]:
+    """The sums per cell of `grid` of the points on it (noise left out), and the counts of every point."""
+    x, y, classification = points.x, points.y, points.classification
+    if not x.size:
+        return SparseCells(*(np.zeros(0, dtype) for dtype in (np.int64, np.int64, float, float, float, np.int64,
+                                                               np.int64))), PointStats()
+    ground_points = int(np.count_nonzero(classification == GROUND_CLASS))
+    bounds = (float(x.min()), float(y.min()), float(x.max()), float(y.max()))
+    inverse = ~grid.transform
+    cols = np.floor(inverse.a * x + inverse.b * y + inverse.c).astype(np.int64)
+    rows = np.floor(inverse.d * x + inverse.e * y + inverse.f).astype(np.int64)
+    keep = ((rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
+            & ~np.isin(classification, NOISE_CLASSES))
+    cell = rows[keep] * grid.width + cols[keep]
+    order = np.argsort(cell)  # sums within a cell in any order: 5x faster than a stable sort
+    cell = cell[order]
+    z = points.z[keep][order]
+    ground = (classification[keep] == GROUND_CLASS)[order]
+    starts = np.flatnonzero(np.diff(cell, prepend=-1))
+    cells = cell[starts]
+    stats = PointStats(int(x.size), ground_points, int(cell.size), int(np.count_nonzero(ground)), bounds)
+    if not cells.size:
+        return SparseCells(cells, *(np.zeros(0, dtype) for dtype in (np.int64, float, float, float, np.int64,
+                                                                      np.int64))), stats
+    return SparseCells(
+        cells,
+        np.diff(np.append(starts, cell.size)),
+        np.maximum.reduceat(z, starts),
+        np.add.reduceat(points.intensity[keep][order].astype(float), starts),
+        np.add.reduceat((points.number_of_returns[keep][order] > 1).astype(float), starts),
+        np.add.reduceat(ground.astype(np.int64), starts),
+        np.add.reduceat(np.where(ground, np.rint(z / GROUND_Z_UNIT_M).astype(np.int64), 0), starts),
+    ), stats
+
+
 class CellSums:
-    """What the channels need of a point cloud, summed per cell as its points arrive in chunks: counts, the top,
-    intensity and multiple-return sums, ground counts and ground z sums. Memory follows the grid, not the points.
-    """
+    """What the channels need of a point cloud, summed per cell of a grid (a scene's or a tile's window) as
+    parts of the cloud arrive: counts, the top, intensity and multiple-return sums, ground counts and ground z
+    sums. Memory follows the grid, not the points."""
 
     def __init__(self, grid: Grid):
         cells = grid.height * grid.width
@@ -91,56 +179,30 @@ class CellSums:
         self.intensity = np.zeros(cells)
         self.multiple = np.zeros(cells)
         self.ground_count = np.zeros(cells, np.int64)
-        self.ground_z = np.zeros(cells)
-        self.points = 0  # every point seen, on the grid or not
-        self.ground_points = 0
-        self.bounds = (np.inf, np.inf, -np.inf, -np.inf)  # of every point seen: for the error of a cloud off the grid
+        self.ground_z = np.zeros(cells, np.int64)
 
-    def add(self, points: Points) -> None:
-        """Adds a chunk of points (x and y on the grid's CRS); points off the grid and noise are left out."""
-        x, y, classification = points.x, points.y, points.classification
-        if not x.size:
-            return
-        self.points += x.size
-        self.ground_points += int(np.count_nonzero(classification == GROUND_CLASS))
-        west, south, east, north = self.bounds
-        self.bounds = (min(west, x.min()), min(south, y.min()), max(east, x.max()), max(north, y.max()))
-        grid, inverse = self.grid, ~self.grid.transform
-        cols = np.floor(inverse.a * x + inverse.b * y + inverse.c).astype(np.int64)
-        rows = np.floor(inverse.d * x + inverse.e * y + inverse.f).astype(np.int64)
-        keep = ((rows >= 0) & (rows < grid.height) & (cols >= 0) & (cols < grid.width)
-                & ~np.isin(classification, NOISE_CLASSES))
-        cell = rows[keep] * grid.width + cols[keep]
-        z = points.z[keep]
-        cells = self.count.size
-        self.count += np.bincount(cell, minlength=cells)
-        np.maximum.at(self.top, cell, z)
-        self.intensity += np.bincount(cell, weights=points.intensity[keep], minlength=cells)
-        self.multiple += np.bincount(cell, weights=points.number_of_returns[keep] > 1, minlength=cells)
-        ground = classification[keep] == GROUND_CLASS
-        self.ground_count += np.bincount(cell[ground], minlength=cells)
-        self.ground_z += np.bincount(cell[ground], weights=z[ground], minlength=cells)
+    def add(self, part: SparseCells) -> None:
+        """Adds sums indexed on this grid (each cell at most once per part)."""
+        cells = part.cells
+        self.count[cells] += part.count
+        self.top[cells] = np.maximum(self.top[cells], part.top)
+        self.intensity[cells] += part.intensity
+        self.multiple[cells] += part.multiple
+        self.ground_count[cells] += part.ground_count
+        self.ground_z[cells] += part.ground_z
 
     def rasters(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """Per channel, (values, cell has points) on the grid; cells without points are left to the caller to
-        fill or mask. Raises PointCloudError if there were no points, no point is ground, or none (or no ground
-        point) fell on the grid."""
+        """Per channel, (values, cell has data) on the grid; cells without data are left to the caller to fill or
+        mask. Height has no data anywhere on a grid without ground points (a tile under a lake); whether the
+        scene's cloud is usable at all is PointStats.problem's to say."""
         grid = self.grid
-        if not self.points:
-            raise PointCloudError("no points (an empty point cloud)")
-        if not self.ground_points:
-            raise PointCloudError(f"no ground points (classification {GROUND_CLASS})")
-        if not self.count.any():
-            raise PointCloudError(grid.not_covered("points", self.bounds))
-        if not self.ground_count.any():
-            raise PointCloudError(f"no ground points (classification {GROUND_CLASS}) on the {MULTISPECTRAL_FILE} grid")
         has_points = (self.count > 0).reshape(grid.shape)
         count_or_one = np.maximum(self.count, 1)  # empty cells divide 0 by 1, then get filled or masked
         height = np.maximum(self.top.reshape(grid.shape) - _ground_surface(self.ground_count, self.ground_z, grid), 0.0)
         row_spacing, col_spacing = grid.pixel_size_m
         no_gaps = np.ones(grid.shape, bool)  # an empty cell's density of 0 is a measurement, not a gap
         return {
-            "height": (height, has_points),
+            "height": (height, has_points & np.isfinite(height)),
             "intensity": ((self.intensity / count_or_one).reshape(grid.shape), has_points),
             "return_ratio": ((self.multiple / count_or_one).reshape(grid.shape), has_points),
             "density": ((self.count / (row_spacing * col_spacing)).reshape(grid.shape), no_gaps),
@@ -156,7 +218,9 @@ def _ground_surface(ground_count: np.ndarray, ground_z: np.ndarray, grid: Grid) 
     """
     known = ground_count > 0
     surface = np.full(ground_count.size, np.nan)
-    surface[known] = ground_z[known] / ground_count[known]
+    if not known.any():
+        return surface.reshape(grid.shape)
+    surface[known] = ground_z[known] / ground_count[known] * GROUND_Z_UNIT_M
     surface = _triangulate_gaps(_fill_between_neighbours(surface.reshape(grid.shape)))
     gaps = np.isnan(surface)
     if gaps.any():

@@ -101,7 +101,8 @@ def neighbour_block_ids(block: bytes) -> list[bytes]:
 
 
 def encode_examples(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray, config: Config) -> list[bytes]:
-    """Serialized tf.train.Examples, one per (row, col): a patch per band and LiDAR channel plus metadata."""
+    """Serialized tf.train.Examples, one per (row, col) of the rasters' arrays: a patch per band and LiDAR channel
+    plus metadata (row, col and block on the scene's grid)."""
     lay = layout(config)
     stack = np.concatenate([rasters.multispectral, rasters.lidar])
     if stack.shape[0] != len(lay.stream_features):
@@ -119,9 +120,10 @@ def encode_examples(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray, c
 
 
 def _metadata_entries(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray, config: Config) -> list[bytes]:
-    """Per example, the map entries of label, scene id, block id, row and col; each distinct value is
-    encoded once."""
+    """Per example, the map entries of label, scene id, block id, row and col (on the scene's grid); each distinct
+    value is encoded once."""
     labels = rasters.labels[rows, cols]
+    rows, cols = rows + rasters.origin[0], cols + rasters.origin[1]
     label_entries = {label: int64_entry(LABEL, label) for label in np.unique(labels).tolist()}
     row_entries = {r: int64_entry(ROW, r) for r in np.unique(rows).tolist()}
     col_entries = {c: int64_entry(COL, c) for c in np.unique(cols).tolist()}

@@ -1,8 +1,13 @@
-"""Scene ExampleGen: a file-based TFX ExampleGen whose Beam source is one scene folder per element.
+"""Scene ExampleGen: a file-based TFX ExampleGen whose Beam source is one scene folder per element, and whose work
+is spread over (scene, tile) elements.
 
 Each scene's streams are aligned on the multispectral grid with a validity mask each, labelled pixels whose
 whole window is valid in every stream are sampled and cut into patches (components.scenes /
-components.patches). Whole blocks (`block_id`, a coarse spatial tile) are dealt to train, validation and test
+components.patches). A scene is planned from its headers and cut into tiles (`ingest.tile_blocks`); its point
+cloud is read in ranges of points, each binned into per-cell sums for the tiles it touches; each tile reads
+its windows of the rasters and makes its patches; what a scene's steps found meets per scene for the checks
+that are about the scene as a whole (its point cloud, its share of valid windows, its band scale). So neither a
+scene's pixels nor its points are ever held whole, and a large scene spreads over workers. Whole blocks (`block_id`, a coarse spatial tile) are dealt to train, validation and test
 so that every class gets each split's share (see assign_blocks), and a patch whose window reaches into a block
 of another split is dropped: no validation or test window overlaps a training window. `ingest.split_by: scene`
 deals whole scenes instead. No step holds every block: blocks are dealt in groups of up to
@@ -21,11 +26,13 @@ import hashlib
 import json
 import logging
 import os
+import pickle
+import tempfile
 import zlib
 from collections import Counter
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import apache_beam as beam
 import numpy as np
@@ -40,9 +47,12 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
-from components.patches import encode_examples, neighbour_block_ids, sample_pixels, window_block_ids, window_valid
-from components.scenes import (SceneError, SceneRasters, load_scene, require_inside, scene_dirs, scene_errors,
-                               scene_name)
+from components.lidar_rasters import CellSums, PointStats, SparseCells
+from components.patches import (encode_examples, extract_patches, neighbour_block_ids, sample_pixels,
+                                window_block_ids, window_valid)
+from components.scenes import (SceneError, ScenePlan, SceneRasters, Tile, lidar_raster_error, plan_scene,
+                               point_cloud_error, read_point_range, require_inside, scene_dirs, scene_errors,
+                               scene_name, tile_parts, tile_rasters)
 from foundation.config import SPLITS, TRAIN, Config, resolve_path
 from transforms.features import BLOCK_ID
 
@@ -55,6 +65,12 @@ _SUMMARIES = "summaries"
 _UNITS = "units"
 _DEALT = "dealt"
 _EXAMPLES = "examples"
+_RANGES = "ranges"
+_PARTS = "parts"
+_TILES = "tiles"
+# What a step tells its scene (finish_scene_parts), and the stages an error can come from, in reading order.
+_PLAN, _POINTS, _CELLS, _TILE, _ERROR = "plan", "points", "cells", "tile", "error"
+_PLAN_STAGE, _TILE_STAGE, _POINTS_STAGE = 0, 1, 2
 # Split indices after the splits (in SPLITS order): patches the buffer drops, and (SplitPlan) of bad scenes left out.
 BUFFER_DROPPED = len(SPLITS)
 BAD_SCENE_LEFT_OUT = len(SPLITS) + 1
@@ -82,9 +98,9 @@ def config_from_exec_properties(exec_properties: dict[str, Any]) -> Config:
     return Config.from_dict(json.loads(struct.fields["config"].string_value))
 
 
-def scene_rng(config: Config, scene_id: str) -> np.random.Generator:
-    """Sampling depends on the seed and the scene only, not on the order Beam meets the scenes in."""
-    return np.random.default_rng([config.ingest.sampling_seed, zlib.crc32(scene_id.encode())])
+def tile_rng(config: Config, scene_id: str, tile: Tile) -> np.random.Generator:
+    """Sampling depends on the seed, the scene and the tile only, not on the order Beam meets them in."""
+    return np.random.default_rng([config.ingest.sampling_seed, zlib.crc32(scene_id.encode()), tile.row, tile.col])
 
 
 @dataclass
@@ -99,16 +115,61 @@ class SceneSummary:
 
 
 @dataclass
-class ScenePatches:
-    """One scene's patch centres with what the split needs of them: what ingestion and bench/floor.py share."""
+class TileReport:
+    """What a tile adds to its scene's report and checks: counts over its core, which sum to the scene's."""
+
+    labelled_pixels: int
+    valid_labelled_pixels: int
+    masked_pixels: dict[str, int]  # per stream
+    lidar_filled_cells: dict[str, int]
+    lidar_measured_cells: dict[str, int]
+    patches: int
+    lost_windows: dict[str, int]  # labelled pixels whose window reaches masked LiDAR, masked multispectral, the edge
+    band_values: list[tuple[np.ndarray, np.ndarray]]  # per band, (rounded value, count) of its valid pixels
+
+
+@dataclass
+class TilePatches:
+    """One tile's patch centres (on its read window) with what the split and the scene's checks need of them."""
 
     rasters: SceneRasters
-    rows: np.ndarray
+    rows: np.ndarray  # on the tile's read window; rasters.origin brings them onto the scene's grid
     cols: np.ndarray
     labels: np.ndarray  # class id per patch centre
     units: list[tuple[bytes, ...]]  # per patch, the split units its window touches, the centre's first
+    report: TileReport
+
+
+@dataclass
+class ScenePatches:
+    """One scene's patches, tile by tile, with its split units and summary: what ingestion and bench/floor.py share."""
+
+    tiles: list[TilePatches]
     unit_counts: dict[bytes, np.ndarray]  # label counts of the patch centres per split unit (block or scene)
     summary: SceneSummary
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.concatenate([tile.labels for tile in self.tiles])
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Patch centres' rows on the scene's grid."""
+        return np.concatenate([tile.rows + tile.rasters.origin[0] for tile in self.tiles])
+
+    @property
+    def cols(self) -> np.ndarray:
+        return np.concatenate([tile.cols + tile.rasters.origin[1] for tile in self.tiles])
+
+    @property
+    def units(self) -> list[tuple[bytes, ...]]:
+        return [units for tile in self.tiles for units in tile.units]
+
+    def patch_values(self, patch_size: int) -> np.ndarray:
+        """(N, bands + LiDAR channels, P*P) float32 patches, in the order of `labels`."""
+        return np.concatenate([
+            extract_patches(np.concatenate([tile.rasters.multispectral, tile.rasters.lidar]), tile.rows, tile.cols,
+                            patch_size) for tile in self.tiles])
 
 
 @dataclass
@@ -119,55 +180,124 @@ class SceneExamples:
     summary: SceneSummary
 
 
-def sample_scene(scene_dir: str, config: Config) -> tuple[SceneRasters, np.ndarray, np.ndarray, dict[str, Any]]:
-    """The scene's rasters, the pixels to cut patches around and its ingest report entry.
-
-    Raises SceneError naming the scene and file on bad input, including a scene whose labelled pixels have a
-    valid window in every stream less often than `ingest.min_valid_share`.
-    """
-    rasters = load_scene(scene_dir, config)
+def tile_patches(plan: ScenePlan, tile: Tile, rasters: SceneRasters, config: Config) -> TilePatches:
+    """The labelled pixels of the tile's core to cut patches around, drawn among those whose whole window is valid
+    in every stream, and the tile's part of the scene's report."""
     valid = rasters.valid
-    rows, cols = sample_pixels(rasters.labels, valid, config, scene_rng(config, rasters.scene_id))
-    report = scene_report(rasters, valid, len(rows), config)
-    if report["valid_share"] is not None and report["valid_share"] < config.ingest.min_valid_share:
-        raise _too_few_valid(rasters, report, config)
-    return rasters, rows, cols, report
+    core_labels = np.zeros_like(rasters.labels)
+    core_labels[tile.core] = rasters.labels[tile.core]
+    rows, cols = sample_pixels(core_labels, valid, config, tile_rng(config, plan.scene_id, tile))
+    labels = rasters.labels[rows, cols]
+    row0, col0 = rasters.origin
+    units = split_units(plan.scene_id, rows + row0, cols + col0, config)
+    return TilePatches(rasters, rows, cols, labels, units, tile_report(rasters, valid, tile.core, len(rows), config))
 
 
-def scene_report(rasters: SceneRasters, valid: np.ndarray, patches: int, config: Config) -> dict[str, Any]:
-    """What the masks did to one scene; valid_share is None for a scene without labelled pixels."""
-    labelled = rasters.labels != 0
-    n_labelled = int(np.count_nonzero(labelled))
-    n_valid = int(np.count_nonzero(labelled & window_valid(valid, config.ingest.patch_size)))
-    return {
-        "labelled_pixels": n_labelled,
-        "valid_labelled_pixels": n_valid,
-        "valid_share": n_valid / n_labelled if n_labelled else None,
-        "masked_pixels": {"multispectral": int(np.count_nonzero(~rasters.multispectral_valid)),
-                          "lidar": int(np.count_nonzero(~rasters.lidar_valid)),
-                          "labels": int(np.count_nonzero(~rasters.labels_valid))},
-        "lidar_filled_cells": dict(rasters.filled_cells),
-        "patches": patches,
+def tile_report(rasters: SceneRasters, valid: np.ndarray, core: tuple[slice, slice], patches: int,
+                config: Config) -> TileReport:
+    """What the masks did to the tile's core. Windows are judged on the read window, whose halo holds every pixel
+    a core pixel's window reaches inside the scene."""
+    size = config.ingest.patch_size
+    labelled = rasters.labels[core] != 0
+    multispectral_valid = rasters.multispectral_valid[core]
+    return TileReport(
+        labelled_pixels=int(np.count_nonzero(labelled)),
+        valid_labelled_pixels=int(np.count_nonzero(labelled & window_valid(valid, size)[core])),
+        masked_pixels={"multispectral": int(np.count_nonzero(~multispectral_valid)),
+                       "lidar": int(np.count_nonzero(~rasters.lidar_valid[core])),
+                       "labels": int(np.count_nonzero(~rasters.labels_valid[core]))},
+        lidar_filled_cells=dict(rasters.filled_cells),
+        lidar_measured_cells=dict(rasters.measured_cells),
+        patches=patches,
+        lost_windows={
+            "lidar": int(np.count_nonzero(labelled & ~window_valid(rasters.lidar_valid, size, outside_valid=True)[core])),
+            "multispectral": int(np.count_nonzero(
+                labelled & ~window_valid(rasters.multispectral_valid, size, outside_valid=True)[core])),
+            "edge": _edge_lost(rasters, core, labelled, size),
+        },
+        band_values=[band_histogram(band[core][multispectral_valid]) for band in rasters.multispectral],
+    )
+
+
+def _edge_lost(rasters: SceneRasters, core: tuple[slice, slice], labelled: np.ndarray, size: int) -> int:
+    """Labelled pixels of the core whose window reaches beyond the scene's edge (a read window's edge inside the
+    scene is a halo away from the core)."""
+    return int(np.count_nonzero(labelled & ~window_valid(np.ones(rasters.labels.shape, bool), size)[core]))
+
+
+def band_histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(value, count) of a band's valid pixels, rounded to whole reflectance units (uint16 x 10000): the median
+    of a scene is then the median of its tiles' histograms, exactly for uint16 deliveries."""
+    units = np.rint(values).astype(np.int64)
+    if units.size and units.min() >= 0 and units.max() < 2**16:  # a uint16 range: counting beats sorting
+        counts = np.bincount(units)
+        present = np.flatnonzero(counts)
+        return present, counts[present]
+    return np.unique(units, return_counts=True)
+
+
+def merge_band_values(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    values, counts = zip(*parts)
+    merged, inverse = np.unique(np.concatenate(values), return_inverse=True)
+    return merged, np.bincount(inverse, weights=np.concatenate(counts)).astype(np.int64)
+
+
+def histogram_median(values: np.ndarray, counts: np.ndarray) -> float:
+    """The median of the values a histogram counts (NaN for none): a scene's band median from its tiles'."""
+    total = int(counts.sum())
+    if not total:
+        return float("nan")
+    ends = np.cumsum(counts)
+    low, high = values[np.searchsorted(ends, (total - 1) // 2, side="right")], values[
+        np.searchsorted(ends, total // 2, side="right")]
+    return (float(low) + float(high)) / 2
+
+
+def finish_scene(plan: ScenePlan, points: PointStats | None, reports: list[TileReport],
+                 config: Config) -> SceneSummary:
+    """The scene's summary from what its tiles and point ranges found, or the SceneError of a scene that is
+    unusable as a whole: its point cloud, a LiDAR raster without data, too few valid windows."""
+    if plan.point_cloud is not None:
+        error = point_cloud_error(plan, points or PointStats())
+        if error:
+            raise error
+    measured = {channel: sum(r.lidar_measured_cells[channel] for r in reports) for channel in config.streams.lidar_channels}
+    error = lidar_raster_error(plan, measured)
+    if error:
+        raise error
+    labelled = sum(r.labelled_pixels for r in reports)
+    valid = sum(r.valid_labelled_pixels for r in reports)
+    report = {
+        "labelled_pixels": labelled,
+        "valid_labelled_pixels": valid,
+        "valid_share": valid / labelled if labelled else None,
+        "masked_pixels": {stream: sum(r.masked_pixels[stream] for r in reports)
+                          for stream in ("multispectral", "lidar", "labels")},
+        "lidar_filled_cells": {channel: sum(r.lidar_filled_cells[channel] for r in reports)
+                               for channel in config.streams.lidar_channels},
+        "patches": sum(r.patches for r in reports),
     }
+    if report["valid_share"] is not None and report["valid_share"] < config.ingest.min_valid_share:
+        lost = {cause: sum(r.lost_windows[cause] for r in reports) for cause in ("lidar", "multispectral", "edge")}
+        raise _too_few_valid(plan, report, lost, config)
+    medians = tuple(histogram_median(*merge_band_values(r.band_values[band] for r in reports))
+                    for band in range(len(config.streams.multispectral_bands)))
+    logging.info("scene %s: %d patches; %d of %d labelled pixels have a valid window; masked pixels %s; LiDAR "
+                 "cells filled %s", plan.scene_id, report["patches"], valid, labelled, report["masked_pixels"],
+                 report["lidar_filled_cells"])
+    return SceneSummary(plan.scene_id, plan.files["multispectral"], medians, report)
 
 
-def _too_few_valid(rasters: SceneRasters, report: dict[str, Any], config: Config) -> SceneError:
+def _too_few_valid(plan: ScenePlan, report: dict[str, Any], lost: dict[str, int], config: Config) -> SceneError:
     """The error of a scene under min_valid_share, naming the file whose mask cost the most windows."""
     size = config.ingest.patch_size
-    labelled = rasters.labels != 0
-    lost = {
-        "lidar": (np.count_nonzero(labelled & ~window_valid(rasters.lidar_valid, size, outside_valid=True)),
-                  f"LiDAR cells with no return within ingest.max_lidar_gap_m {config.ingest.max_lidar_gap_m:g} m"),
-        "multispectral": (np.count_nonzero(labelled & ~window_valid(rasters.multispectral_valid, size,
-                                                                    outside_valid=True)),
-                          "nodata, masked or non-finite multispectral pixels"),
-        "edge": (np.count_nonzero(labelled & ~window_valid(np.ones(labelled.shape, bool), size)),
-                 "beyond the raster's edge"),
-    }
-    worst = max(lost, key=lambda stream: lost[stream][0])
-    causes = ", ".join(f"{what}: {n:,}" for n, what in sorted(lost.values(), reverse=True))
+    what = {"lidar": f"LiDAR cells with no return within ingest.max_lidar_gap_m {config.ingest.max_lidar_gap_m:g} m",
+            "multispectral": "nodata, masked or non-finite multispectral pixels",
+            "edge": "beyond the raster's edge"}
+    worst = max(lost, key=lost.get)
+    causes = ", ".join(f"{what[cause]}: {n:,}" for cause, n in sorted(lost.items(), key=lambda item: -item[1]))
     return SceneError(
-        rasters.scene_id, rasters.files["multispectral" if worst == "edge" else worst],
+        plan.scene_id, plan.files["multispectral" if worst == "edge" else worst],
         f"only {report['valid_share']:.1%} of its {report['labelled_pixels']:,} labelled pixels have a "
         f"{size} x {size} window valid in every stream (ingest.min_valid_share {config.ingest.min_valid_share:.0%}); "
         f"windows reaching {causes}",
@@ -175,50 +305,77 @@ def _too_few_valid(rasters: SceneRasters, report: dict[str, Any], config: Config
 
 
 def split_units(scene_id: str, rows: np.ndarray, cols: np.ndarray, config: Config) -> list[tuple[bytes, ...]]:
-    """Per patch, the units the split deals that its window touches, the centre's first: blocks, or the scene."""
+    """Per patch (centre on the scene's grid), the units the split deals that its window touches, the centre's
+    first: blocks, or the scene."""
     if config.ingest.split_by == "scene":
         return [(scene_id.encode(),)] * len(rows)
     return window_block_ids(scene_id, rows, cols, config.ingest.block_size, config.ingest.patch_size)
 
 
-def band_medians(rasters: SceneRasters) -> tuple[float, ...]:
-    """Per band, the median over valid pixels: the scale the scene was delivered in (band_scale_outliers)."""
-    valid = rasters.multispectral_valid
-    if not valid.any():
-        return (float("nan"),) * len(rasters.multispectral)
-    if valid.all():
-        return tuple(np.median(rasters.multispectral.reshape(len(rasters.multispectral), -1), axis=1).tolist())
-    return tuple(float(np.median(band[valid])) for band in rasters.multispectral)
+def read_in_tiles(scene_dir: str, config: Config, use_tile: Callable[[TilePatches], None]) -> SceneSummary:
+    """What the pipeline's steps do with one scene, in one process and in the memory of one step: the plan, each
+    point range (its sums for each tile's window kept on disk, as Beam's shuffle keeps them), then each tile, given
+    to `use_tile` and let go; then the scene's checks. Raises SceneError naming the scene and file on bad input."""
+    plan = plan_scene(scene_dir, config)
+    points, reports = PointStats(), []
+    with tempfile.TemporaryDirectory(prefix="terrafuse-tiles-") as spill:
+        for start, count in plan.point_ranges():
+            cells, stats = read_point_range(plan, start, count)
+            points = points.merge(stats)
+            for index, part in tile_parts(plan, cells):
+                with open(os.path.join(spill, str(index)), "ab") as parts:
+                    pickle.dump(part, parts, protocol=pickle.HIGHEST_PROTOCOL)
+        for index, tile in enumerate(plan.tiles):
+            sums = None
+            if plan.point_cloud is not None:
+                sums = CellSums(plan.tile_grid(tile))
+                for part in _spilled(os.path.join(spill, str(index))):
+                    sums.add(part)
+            patches = tile_patches(plan, tile, tile_rasters(plan, tile, sums, config), config)
+            reports.append(patches.report)
+            use_tile(patches)
+    return finish_scene(plan, points, reports, config)
+
+
+def _spilled(path: str) -> Iterator[SparseCells]:
+    if os.path.exists(path):
+        with open(path, "rb") as parts:
+            while parts.peek(1):
+                yield pickle.load(parts)
 
 
 def scene_patches(scene_dir: str, config: Config) -> ScenePatches:
-    """The sampled patch centres of one scene, their split units and its summary; raises SceneError naming
-    the scene and file on bad input."""
-    rasters, rows, cols, report = sample_scene(scene_dir, config)
-    labels = rasters.labels[rows, cols]
-    units = split_units(rasters.scene_id, rows, cols, config)
-    summary = SceneSummary(rasters.scene_id, rasters.files["multispectral"], band_medians(rasters), report)
-    return ScenePatches(rasters, rows, cols, labels, units, unit_label_counts(units, labels, config.class_ids), summary)
+    """Every tile's sampled patch centres of one scene, with its rasters (so the whole scene's are held), their
+    split units and the scene's summary; raises SceneError naming the scene and file on bad input."""
+    tiles: list[TilePatches] = []
+    summary = read_in_tiles(scene_dir, config, tiles.append)
+    units = [units for tile in tiles for units in tile.units]
+    labels = np.concatenate([tile.labels for tile in tiles])
+    return ScenePatches(tiles, unit_label_counts(units, labels, config.class_ids), summary)
 
 
 def scene_examples(scene_dir: str, config: Config) -> SceneExamples:
-    """Every example of one scene; raises SceneError naming the scene and file on bad input."""
-    scene = scene_patches(scene_dir, config)
-    report = scene.summary.report
-    logging.info("scene %s: %d patches; %d of %d labelled pixels have a valid window; masked pixels %s; LiDAR "
-                 "cells filled %s", scene.rasters.scene_id, len(scene.rows), report["valid_labelled_pixels"],
-                 report["labelled_pixels"], report["masked_pixels"], report["lidar_filled_cells"])
+    """Every example of one scene, tile by tile (no tile's rasters outlive it); raises SceneError naming the scene
+    and file on bad input."""
+    serialized, labels, units = [], [], []
+
+    def encode(tile: TilePatches) -> None:
+        serialized.extend(encode_examples(tile.rasters, tile.rows, tile.cols, config))
+        labels.extend(tile.labels.tolist())
+        units.extend(tile.units)
+
+    summary = read_in_tiles(scene_dir, config, encode)
     return SceneExamples(
-        serialized=encode_examples(scene.rasters, scene.rows, scene.cols, config),
-        keys=[(scene.rasters.scene_id, label, touched) for label, touched in zip(scene.labels.tolist(), scene.units)],
-        unit_counts=scene.unit_counts,
-        summary=scene.summary,
+        serialized=serialized,
+        keys=[(summary.scene_id, label, touched) for label, touched in zip(labels, units)],
+        unit_counts=unit_label_counts(units, np.array(labels, np.int64), config.class_ids),
+        summary=summary,
     )
 
 
 def ingest_scene(scene_dir: str, config: Config, data_root: str) -> SceneExamples:
-    """What the executor does with one scene folder: scene_examples of a scene inside the data root. Every
-    exception becomes a SceneError naming the scene (and the file, where one was being read)."""
+    """What the pipeline makes of one scene folder, in one process: scene_examples of a scene inside the data
+    root. Every exception becomes a SceneError naming the scene (and the file, where one was being read)."""
     with scene_errors(scene_name(scene_dir), scene_dir):
         require_inside(scene_dir, data_root)
         return scene_examples(scene_dir, config)
@@ -343,22 +500,24 @@ class SceneCheck:
     """The one global step's decision, about scenes only: which are bad and left out, and their report."""
 
     split_by: str
-    left_out: frozenset[str]  # scenes read but bad (on_bad_scene: skip): their patches are dropped
+    left_out: frozenset[str]  # bad scenes (on_bad_scene: skip): whatever patches they made are dropped
     bad_scenes: list[str]  # every bad scene's problem, read errors first
     scenes: dict[str, dict[str, Any]]  # report entries of the scenes whose patches are used
 
 
-def check_scenes(errors: list[str], summaries: list[SceneSummary], config: Config) -> SceneCheck:
-    """Checks band scales across scenes and fails on bad scenes (or leaves them out)."""
+def check_scenes(errors: list[SceneError], summaries: list[SceneSummary], config: Config) -> SceneCheck:
+    """Checks band scales across scenes and fails on bad scenes (or leaves them out: their tiles may have made
+    examples before another part of the scene failed)."""
     outliers = band_scale_outliers(summaries, config)
-    bad_scenes = sorted(errors) + [outliers[scene] for scene in sorted(outliers)]
+    bad_scenes = sorted(map(str, errors)) + [outliers[scene] for scene in sorted(outliers)]
     report_bad_scenes(bad_scenes, len(errors) + len(summaries), config.ingest.on_bad_scene)
     good = sorted((s for s in summaries if s.scene_id not in outliers), key=lambda s: s.scene_id)
     if config.ingest.split_by == "scene" and len(good) < len(SPLITS):
         raise BadScenesError(f"ingest.split_by: scene deals whole scenes to {len(SPLITS)} splits "
                              f"({', '.join(SPLITS)}), but only {len(good)} good scene(s) were read; "
                              f"use ingest.split_by: block")
-    return SceneCheck(config.ingest.split_by, frozenset(outliers), bad_scenes, {s.scene_id: s.report for s in good})
+    return SceneCheck(config.ingest.split_by, frozenset(outliers) | {err.scene for err in errors}, bad_scenes,
+                      {s.scene_id: s.report for s in good})
 
 
 def unit_scene(unit: bytes) -> str:
@@ -393,7 +552,7 @@ class SplitPlan:
         return BAD_SCENE_LEFT_OUT if scene_id in self.check.left_out else window_split(units, self.assignment)
 
 
-def plan_splits(errors: list[str], summaries: list[SceneSummary], unit_counts: Iterable[dict[bytes, np.ndarray]],
+def plan_splits(errors: list[SceneError], summaries: list[SceneSummary], unit_counts: Iterable[dict[bytes, np.ndarray]],
                 fractions: list[float], config: Config) -> SplitPlan:
     """What SceneExampleGen decides, in one process: check_scenes, then the good scenes' units dealt in groups."""
     check = check_scenes(errors, summaries, config)
@@ -440,28 +599,124 @@ def read_ingest_report(examples_uri: str) -> dict[str, Any]:
         return json.loads(f.read())
 
 
-class _ReadScene(beam.DoFn):
-    """Emits ((scene, label, units), serialized example) and, tagged, the scene's summary, its (unit, label
-    counts) or its error."""
-
-    def __init__(self, config_json: str, data_root: str):
+class _ConfiguredDoFn(beam.DoFn):
+    def __init__(self, config_json: str):
         self._config_json = config_json
-        self._data_root = data_root
         self._config: Config | None = None
 
     def setup(self) -> None:
         self._config = Config.from_dict(json.loads(self._config_json))
 
+
+def _scene_part(scene_id: str, kind: str, value: Any) -> beam.pvalue.TaggedOutput:
+    """What a step found about its scene, for the scene's own check (finish_scene_parts)."""
+    return beam.pvalue.TaggedOutput(_PARTS, (scene_id, (kind, value)))
+
+
+class _PlanScene(_ConfiguredDoFn):
+    """Scene folder -> its plan (a part of the scene), its point ranges (tagged) and ((scene, tile), plan) per
+    tile: the elements the rest of ingestion spreads over workers."""
+
+    def __init__(self, config_json: str, data_root: str):
+        super().__init__(config_json)
+        self._data_root = data_root
+
     def process(self, scene_dir: str) -> Iterable[Any]:
+        scene = scene_name(scene_dir)
         try:
-            examples = ingest_scene(scene_dir, self._config, self._data_root)
+            with scene_errors(scene, scene_dir):
+                require_inside(scene_dir, self._data_root)
+                plan = plan_scene(scene_dir, self._config)
         except SceneError as err:
-            yield beam.pvalue.TaggedOutput(_ERRORS, str(err))
+            yield _scene_part(scene, _ERROR, (_PLAN_STAGE, err))
             return
-        yield beam.pvalue.TaggedOutput(_SUMMARIES, examples.summary)
-        for unit_counts in examples.unit_counts.items():
+        yield _scene_part(scene, _PLAN, plan)
+        for start, count in plan.point_ranges():
+            yield beam.pvalue.TaggedOutput(_RANGES, (plan, start, count))
+        for index in range(len(plan.tiles)):
+            yield (scene, index), (_PLAN, plan)
+
+
+class _ReadPointRange(beam.DoFn):
+    """(plan, first point, count) -> ((scene, tile), its cells' sums) per tile the points touch, and the range's
+    point counts as a part of the scene."""
+
+    def process(self, point_range: tuple[ScenePlan, int, int]) -> Iterable[Any]:
+        plan, start, count = point_range
+        try:
+            with scene_errors(plan.scene_id, plan.files["lidar"]):
+                cells, stats = read_point_range(plan, start, count)
+                parts = tile_parts(plan, cells)
+        except SceneError as err:
+            yield _scene_part(plan.scene_id, _ERROR, (_POINTS_STAGE, err))
+            return
+        yield _scene_part(plan.scene_id, _POINTS, stats)
+        for index, part in parts:
+            yield (plan.scene_id, index), (_CELLS, part)
+
+
+class _TileExamples(_ConfiguredDoFn):
+    """((scene, tile), [its plan and cell sums]) -> ((scene, label, units), serialized example) per patch, and,
+    tagged, the tile's (unit, label counts) and its report (a part of the scene)."""
+
+    def process(self, keyed: tuple[tuple[str, int], Iterable[tuple[str, Any]]]) -> Iterable[Any]:
+        (scene, index), values = keyed
+        plan, parts = None, []
+        for kind, value in values:
+            if kind == _PLAN:
+                plan = value
+            else:
+                parts.append(value)
+        tile = plan.tiles[index]
+        try:
+            with scene_errors(scene, plan.scene_dir):
+                sums = None
+                if plan.point_cloud is not None:
+                    sums = CellSums(plan.tile_grid(tile))
+                    for part in parts:
+                        sums.add(part)
+                patches = tile_patches(plan, tile, tile_rasters(plan, tile, sums, self._config), self._config)
+                serialized = encode_examples(patches.rasters, patches.rows, patches.cols, self._config)
+        except SceneError as err:
+            yield _scene_part(scene, _ERROR, (_TILE_STAGE, err))
+            return
+        yield _scene_part(scene, _TILE, patches.report)
+        for unit_counts in unit_label_counts(patches.units, patches.labels, self._config.class_ids).items():
             yield beam.pvalue.TaggedOutput(_UNITS, unit_counts)
-        yield from zip(examples.keys, examples.serialized)
+        yield from zip(((scene, label, touched) for label, touched in zip(patches.labels.tolist(), patches.units)),
+                       serialized)
+
+
+class _FinishScene(_ConfiguredDoFn):
+    """(scene, [what its steps found]) -> its summary, or, tagged, its error."""
+
+    def process(self, keyed: tuple[str, Iterable[tuple[str, Any]]]) -> Iterable[Any]:
+        scene, parts = keyed
+        try:
+            summary = finish_scene_parts(parts, self._config)
+        except SceneError as err:
+            yield beam.pvalue.TaggedOutput(_ERRORS, err)
+            return
+        yield summary
+
+
+def finish_scene_parts(parts: Iterable[tuple[str, Any]], config: Config) -> SceneSummary:
+    """finish_scene from the parts a scene's steps emitted; the first error found (planning, then a tile's files,
+    then the point cloud's ranges, as one process reads a scene) is the scene's."""
+    errors, plan, points, reports = [], None, PointStats(), []
+    for kind, value in parts:
+        if kind == _ERROR:
+            errors.append(value)
+        elif kind == _PLAN:
+            plan = value
+        elif kind == _POINTS:
+            points = points.merge(value)
+        else:
+            reports.append(value)
+    if errors:
+        raise min(errors, key=lambda found: (found[0], str(found[1])))[1]
+    with scene_errors(plan.scene_id, plan.scene_dir):
+        return finish_scene(plan, points, reports, config)
 
 
 def _example_kept(keyed: tuple[tuple[str, int, tuple[bytes, ...]], bytes], left_out: frozenset[str]) -> bool:
@@ -515,7 +770,9 @@ def report_bad_scenes(errors: list[str], scene_count: int, on_bad_scene: str) ->
 
 @beam.ptransform_fn
 def _ScenesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str):
-    """Scene folders matched by the pattern -> keyed serialized tf.Examples, plus scene summaries and errors."""
+    """Scene folders matched by the pattern -> keyed serialized tf.Examples, plus (unit, label counts), scene
+    summaries and errors. A scene is planned, its point cloud read in ranges and its tiles made on any worker;
+    what they found about the scene meets again, per scene, in FinishScenes."""
     config = config_from_exec_properties(exec_properties)
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     matched = fileio.glob(os.path.join(input_base, split_pattern))
@@ -523,12 +780,31 @@ def _ScenesToExamples(pipeline: beam.Pipeline, exec_properties: dict[str, Any], 
     if not scenes:
         raise BadScenesError(f"{os.path.join(input_base, split_pattern)}: no scene folders match")
     logging.info("Reading %d scenes under %s", len(scenes), os.path.join(input_base, split_pattern))
-    return (
+    config_json = config.to_json()
+    planned = (
         pipeline
         | "Scenes" >> beam.Create(scenes, reshuffle=True)
-        | "ReadScenes" >> beam.ParDo(_ReadScene(config.to_json(), input_base)).with_outputs(
-            _ERRORS, _SUMMARIES, _UNITS, main=_EXAMPLES)
+        | "PlanScenes" >> beam.ParDo(_PlanScene(config_json, input_base)).with_outputs(_PARTS, _RANGES, main=_TILES)
     )
+    points = (
+        planned[_RANGES]
+        | "SpreadPointRanges" >> beam.Reshuffle()
+        | "ReadPointRanges" >> beam.ParDo(_ReadPointRange()).with_outputs(_PARTS, main=_CELLS)
+    )
+    tiles = (
+        (planned[_TILES], points[_CELLS])
+        | "TileInputs" >> beam.Flatten()
+        | "GroupTileInputs" >> beam.GroupByKey()
+        | "TileExamples" >> beam.ParDo(_TileExamples(config_json)).with_outputs(_PARTS, _UNITS, main=_EXAMPLES)
+    )
+    finished = (
+        (planned[_PARTS], points[_PARTS], tiles[_PARTS])
+        | "SceneParts" >> beam.Flatten()
+        | "GroupSceneParts" >> beam.GroupByKey()
+        | "FinishScenes" >> beam.ParDo(_FinishScene(config_json)).with_outputs(_ERRORS, main=_SUMMARIES)
+    )
+    return {_ERRORS: finished[_ERRORS], _SUMMARIES: finished[_SUMMARIES], _UNITS: tiles[_UNITS],
+            _EXAMPLES: tiles[_EXAMPLES]}
 
 
 def resolve_newest_span(exec_properties: dict[str, Any]) -> dict[str, Any]:

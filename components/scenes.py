@@ -13,6 +13,12 @@ values. LiDAR: a cell without returns (or nodata in a pre-rasterised channel) ta
 value only within `ingest.max_lidar_gap_m`; farther away it is invalid, never invented. Labels: their nodata
 and pixels outside the labels raster are unlabelled. Ingestion needs labels; mapping a scene (pipeline/predict.py)
 does not, so `load_scene(..., require_labels=False)` reads a scene without labels.tif.
+
+A scene is read in tiles so that no step holds a large scene whole (docs/design-notes.md, "Large scenes"):
+`plan_scene` reads the headers and cuts the grid into tiles; the point cloud is read in ranges of points
+(`read_point_range`), each binned into sparse per-cell sums that go to the tiles whose windows they touch; a tile's
+rasters (`tile_rasters`) are read through windows of the rasters, on the tile plus a halo, so that fills, masks and
+windows of pixels near the tile's edge see what the whole scene would. `load_scene` is the one-tile case.
 """
 from __future__ import annotations
 
@@ -21,7 +27,7 @@ import os
 import posixpath
 import tempfile
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -36,9 +42,10 @@ from rasterio.crs import CRS
 from rasterio.enums import MaskFlags
 from rasterio.errors import RasterioError
 from rasterio.warp import Resampling, reproject, transform_bounds
+from rasterio.windows import Window, WindowError
 from scipy.ndimage import distance_transform_edt
 
-from components.lidar_rasters import CellSums, Grid, PointCloudError, Points
+from components.lidar_rasters import CellSums, Grid, Points, PointStats, SparseCells, bin_points
 from foundation.config import Config
 from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file
 
@@ -46,8 +53,14 @@ log = logging.getLogger(__name__)
 
 # Labels that are nodata or outside the labels raster while reprojecting; 0 once on the reference grid.
 _NO_LABEL = -1
-# Points read at a time: about 25 MB of records and arrays, whatever the cloud's size.
+# Points read at a time: about 25 MB of records and arrays, whatever the cloud's size. A multiple of LAZ's default
+# chunk of 50,000 points, so a range starts where the decoder can seek to.
 POINTS_PER_CHUNK = 250_000
+# One thread per range: ranges are what spreads decoding over workers, and the parallel decoder's start-up made
+# each range's seek 2.5 times as slow.
+_LAZ_BACKEND = laspy.LazBackend.Lazrs
+# Source pixels read beyond the footprint of a window being resampled: bilinear needs one, one more for rounding.
+_SOURCE_PAD = 2
 # A damaged point cloud fails in laspy, in lazrs (a RuntimeError subclass) or in pyproj (its CRS VLR).
 _POINT_CLOUD_READ_ERRORS = (laspy.errors.LaspyException, OSError, ValueError, RuntimeError, CRSError)
 
@@ -79,8 +92,10 @@ class SceneRasters:
     multispectral_valid: np.ndarray  # bool (H, W): every band observed (not nodata, not masked, finite)
     lidar_valid: np.ndarray  # bool (H, W): every channel measured, or filled from within max_lidar_gap_m
     labels_valid: np.ndarray | None  # bool (H, W): the labels raster has a value here (not nodata, not outside it)
-    filled_cells: dict[str, int]  # per LiDAR channel, cells without data filled from within max_lidar_gap_m
+    filled_cells: dict[str, int]  # per LiDAR channel, cells without data filled from within max_lidar_gap_m (core)
     files: dict[str, str]  # per stream (multispectral, lidar, labels if read): the file(s) it was read from
+    origin: tuple[int, int] = (0, 0)  # (row, col) of these arrays' first pixel on the scene's grid
+    measured_cells: dict[str, int] = field(default_factory=dict)  # per LiDAR channel, cells with data (core)
 
     @property
     def valid(self) -> np.ndarray:
@@ -136,33 +151,83 @@ def scene_dirs(file_paths: Iterable[str | os.PathLike]) -> list[str]:
     return sorted({posixpath.dirname(str(path)) if _is_uri(path) else str(Path(path).parent) for path in file_paths})
 
 
-def load_scene(scene_dir: str | os.PathLike, config: Config, *, require_labels: bool = True) -> SceneRasters:
-    """Every stream of one scene on the multispectral grid; the first problem found (multispectral, then
-    labels, then LiDAR) raises SceneError. Without `require_labels`, a scene without labels.tif has labels None
-    (a labels.tif that is there must still be good). A URI (gs://...) is copied to a local folder first: GDAL
-    and laspy read local files, and a scene is small."""
-    if _is_uri(scene_dir):
-        return _load_remote_scene(str(scene_dir).rstrip("/"), config, require_labels)
-    scene_dir = Path(scene_dir).absolute()
-    scene = scene_dir.name
-    with scene_errors(scene, scene_dir / MULTISPECTRAL_FILE):
-        multispectral, multispectral_valid, grid = _read_multispectral(scene, scene_dir / MULTISPECTRAL_FILE, config)
-    labels = labels_valid = None
-    has_labels = require_labels or (scene_dir / LABELS_FILE).exists()
-    if has_labels:
-        with scene_errors(scene, scene_dir / LABELS_FILE):
-            labels, labels_valid = _read_labels(scene, scene_dir / LABELS_FILE, grid, config)
-    lidar, lidar_valid, filled, lidar_files = _read_lidar(scene, scene_dir, grid, config)
-    files = {"multispectral": str(scene_dir / MULTISPECTRAL_FILE), "lidar": ", ".join(lidar_files)}
-    if has_labels:
-        files["labels"] = str(scene_dir / LABELS_FILE)
-    return SceneRasters(scene, multispectral, lidar, labels, grid.crs, grid.transform, multispectral_valid,
-                        lidar_valid, labels_valid, filled, files)
+@dataclass(frozen=True)
+class Tile:
+    """A square of the scene's grid whose labelled pixels one step samples (its core), and the window it reads:
+    the core plus a halo, cut at the scene's edge."""
+
+    row: int  # of the core on the scene's grid
+    col: int
+    height: int
+    width: int
+    read: Window  # core plus halo, inside the grid
+
+    @property
+    def core(self) -> tuple[slice, slice]:
+        """The core within the read window's arrays."""
+        row, col = self.row - int(self.read.row_off), self.col - int(self.read.col_off)
+        return slice(row, row + self.height), slice(col, col + self.width)
 
 
-def _load_remote_scene(uri: str, config: Config, require_labels: bool) -> SceneRasters:
+@dataclass(frozen=True)
+class ScenePlan:
+    """What the headers of a scene's files say, and its tiles: everything a step needs to read its part."""
+
+    scene_id: str
+    scene_dir: str  # local path or URI, as matched
+    grid: Grid
+    float_multispectral: bool
+    has_labels: bool
+    point_cloud: str | None  # file name, or None for pre-rasterised LiDAR
+    promised_points: int
+    cloud_crs_wkt: str | None  # the point cloud's CRS, None when it has none (taken on the grid's)
+    tiles: tuple[Tile, ...]
+    files: dict[str, str]  # as SceneRasters.files
+
+    def point_ranges(self) -> list[tuple[int, int]]:
+        """(first point, count) of each part the point cloud is read in."""
+        return [(start, min(POINTS_PER_CHUNK, self.promised_points - start))
+                for start in range(0, self.promised_points, POINTS_PER_CHUNK)]
+
+    def tile_grid(self, tile: Tile) -> Grid:
+        """The grid of a tile's read window."""
+        window = tile.read
+        return Grid(self.grid.crs, self.grid.transform @ Affine.translation(window.col_off, window.row_off),
+                    int(window.height), int(window.width))
+
+
+def tiles_of(grid: Grid, tile_size: int, halo: int) -> tuple[Tile, ...]:
+    """Row-major tiles of `tile_size` (the last ones cut at the edge), each reading `halo` pixels around it."""
+    tiles = []
+    for row in range(0, grid.height, tile_size):
+        for col in range(0, grid.width, tile_size):
+            height, width = min(tile_size, grid.height - row), min(tile_size, grid.width - col)
+            row0, col0 = max(row - halo, 0), max(col - halo, 0)
+            row1, col1 = min(row + height + halo, grid.height), min(col + width + halo, grid.width)
+            tiles.append(Tile(row, col, height, width, Window(col0, row0, col1 - col0, row1 - row0)))
+    return tuple(tiles)
+
+
+def tile_halo(scene: str, path: Path, grid: Grid, config: Config) -> int:
+    """Pixels a tile reads around its core: `ingest.tile_halo`, which must cover a patch's half and the LiDAR gap
+    fill's reach on this grid (the ground surface's gaps are exact up to what remains; design-notes)."""
+    reach = config.ingest.patch_size // 2 + int(np.ceil(config.ingest.max_lidar_gap_m / min(grid.pixel_size_m))) + 1
+    if config.ingest.tile_halo < reach:
+        raise SceneError(scene, path, f"ingest.tile_halo {config.ingest.tile_halo} px is less than a patch's half "
+                         f"plus ingest.max_lidar_gap_m on this grid's {min(grid.pixel_size_m):g} m pixels ({reach} px)")
+    return config.ingest.tile_halo
+
+
+@contextmanager
+def local_scene(scene_dir: str | os.PathLike) -> Iterator[Path]:
+    """The scene folder on local disk: itself, or a URI (gs://...) copied to a temporary folder, since GDAL and laspy
+    read local files; a SceneError then names the file where it lives, not the copy."""
+    if not _is_uri(scene_dir):
+        yield Path(scene_dir).absolute()
+        return
     import tensorflow as tf  # its filesystems read gs:// (and ram:// in tests); local scenes do not need it
 
+    uri = str(scene_dir).rstrip("/")
     with tempfile.TemporaryDirectory(prefix="terrafuse-scene-") as local:
         local_dir = Path(local) / posixpath.basename(uri)
         local_dir.mkdir()
@@ -170,10 +235,146 @@ def _load_remote_scene(uri: str, config: Config, require_labels: bool) -> SceneR
             if not tf.io.gfile.isdir(posixpath.join(uri, name)):
                 tf.io.gfile.copy(posixpath.join(uri, name), str(local_dir / name))
         try:
-            rasters = load_scene(local_dir, config, require_labels=require_labels)
-        except SceneError as err:  # name the file where it lives, not the temporary copy
+            yield local_dir
+        except SceneError as err:
             raise SceneError(err.scene, err.path.replace(str(local_dir), uri), err.problem) from err
-    rasters.files = {stream: paths.replace(str(local_dir), uri) for stream, paths in rasters.files.items()}
+
+
+def scene_file(scene_dir: str, name: str) -> str:
+    """A file of a scene folder as its folder names it (a URI stays a URI)."""
+    return posixpath.join(scene_dir.rstrip("/"), name) if _is_uri(scene_dir) else os.path.join(scene_dir, name)
+
+
+def plan_scene(scene_dir: str | os.PathLike, config: Config, *, require_labels: bool = True,
+               whole: bool = False) -> ScenePlan:
+    """Reads every file's header (multispectral, then labels, then LiDAR; the first problem raises SceneError)
+    and cuts the grid into tiles of `ingest.tile_blocks` blocks with their halo, or into one tile if `whole`."""
+    scene = scene_name(scene_dir)
+    scene_dir = str(scene_dir) if _is_uri(scene_dir) else str(Path(scene_dir).absolute())
+    with local_scene(scene_dir) as local_dir:
+        path = local_dir / MULTISPECTRAL_FILE
+        with scene_errors(scene, path):
+            grid, float_multispectral = _multispectral_header(scene, path, config)
+        has_labels = require_labels or (local_dir / LABELS_FILE).exists()
+        if has_labels:
+            with scene_errors(scene, local_dir / LABELS_FILE):
+                _labels_header(scene, local_dir / LABELS_FILE, grid)
+        point_cloud, promised, cloud_crs, lidar_files = _lidar_header(scene, local_dir, grid, config)
+        if whole:
+            tiles = tiles_of(grid, max(grid.shape), 0)
+        else:
+            tiles = tiles_of(grid, config.ingest.tile_blocks * config.ingest.block_size,
+                             tile_halo(scene, path, grid, config))
+    files = {"multispectral": scene_file(scene_dir, MULTISPECTRAL_FILE),
+             "lidar": ", ".join(scene_file(scene_dir, name) for name in lidar_files)}
+    if has_labels:
+        files["labels"] = scene_file(scene_dir, LABELS_FILE)
+    return ScenePlan(scene, scene_dir, grid, float_multispectral, has_labels, point_cloud, promised,
+                     cloud_crs.to_wkt() if cloud_crs is not None else None, tiles, files)
+
+
+def read_point_range(plan: ScenePlan, start: int, count: int) -> tuple[SparseCells, PointStats]:
+    """Points [start, start + count) of the scene's point cloud, binned on its grid; their counts say how many the
+    file really held (a truncated file holds fewer than its header promises)."""
+    with local_scene(plan.scene_dir) as local_dir:
+        path = local_dir / plan.point_cloud
+        with scene_errors(plan.scene_id, path):
+            to_grid = _to_reference_crs(plan.scene_id, path, plan.cloud_crs_wkt, plan.grid)
+            try:
+                with laspy.open(path, laz_backend=_LAZ_BACKEND) as reader:
+                    if start:
+                        reader.seek(start)
+                    points = reader.read_points(count)
+            except _POINT_CLOUD_READ_ERRORS as err:
+                raise SceneError(plan.scene_id, path, f"cannot read point records (truncated or corrupt) after an "
+                                 f"intact header of {plan.promised_points:,} points: {err}") from err
+            x, y = to_grid(np.asarray(points.x, np.float64), np.asarray(points.y, np.float64))
+            return bin_points(Points(x, y, np.asarray(points.z, np.float64), np.asarray(points.classification),
+                                     np.asarray(points.intensity), np.asarray(points.number_of_returns)), plan.grid)
+
+
+def tile_parts(plan: ScenePlan, cells: SparseCells) -> list[tuple[int, SparseCells]]:
+    """(tile index, the sums on its read window) of every tile whose window the binned points touch."""
+    parts = []
+    for index, tile in enumerate(plan.tiles):
+        window = tile.read
+        part = cells.window(plan.grid.width, int(window.row_off), int(window.col_off), int(window.height),
+                            int(window.width))
+        if part.cells.size:
+            parts.append((index, part))
+    return parts
+
+
+def point_cloud_error(plan: ScenePlan, stats: PointStats) -> SceneError | None:
+    """The scene's error if its point cloud, read whole (`stats` summed over every range), is unusable."""
+    path = plan.files["lidar"]
+    if stats.points < plan.promised_points:  # laspy only logs this and returns the points it found
+        return SceneError(plan.scene_id, path, f"the header promises {plan.promised_points:,} points but the file "
+                          f"holds {stats.points:,} (truncated)")
+    problem = stats.problem(plan.grid)
+    return SceneError(plan.scene_id, path, problem) if problem else None
+
+
+def tile_rasters(plan: ScenePlan, tile: Tile, sums: CellSums | None, config: Config) -> SceneRasters:
+    """Every stream on the tile's read window (`sums`: its point cloud sums, None for pre-rasterised LiDAR); the
+    counts (filled and measured LiDAR cells) are the core's."""
+    grid = plan.tile_grid(tile)
+    scene = plan.scene_id
+    with local_scene(plan.scene_dir) as local_dir:
+        path = local_dir / MULTISPECTRAL_FILE
+        with scene_errors(scene, path):
+            multispectral, multispectral_valid = _read_multispectral(scene, path, tile.read, plan, config)
+        labels = labels_valid = None
+        if plan.has_labels:
+            with scene_errors(scene, local_dir / LABELS_FILE):
+                labels, labels_valid = _read_labels(scene, local_dir / LABELS_FILE, grid, config)
+        if sums is None:
+            rasters = {}
+            for channel in config.streams.lidar_channels:
+                with scene_errors(scene, local_dir / lidar_raster_file(channel)):
+                    rasters[channel] = _resample_lidar_raster(scene, local_dir / lidar_raster_file(channel), channel,
+                                                              grid)
+        else:
+            with scene_errors(scene, local_dir / plan.point_cloud):
+                rasters = sums.rasters()
+        with scene_errors(scene, local_dir):
+            lidar, lidar_valid, filled, measured = _fill_lidar(rasters, grid, tile.core, config)
+    return SceneRasters(scene, multispectral, lidar, labels, grid.crs, grid.transform, multispectral_valid,
+                        lidar_valid, labels_valid, filled, dict(plan.files), (int(tile.read.row_off),
+                                                                               int(tile.read.col_off)), measured)
+
+
+def lidar_raster_error(plan: ScenePlan, measured_cells: dict[str, int]) -> SceneError | None:
+    """A pre-rasterised channel without one valid cell on the grid (`measured_cells` summed over the tiles)."""
+    if plan.point_cloud is not None:
+        return None
+    for channel, cells in measured_cells.items():
+        if not cells:
+            return SceneError(plan.scene_id, scene_file(plan.scene_dir, lidar_raster_file(channel)),
+                              f"no valid cells on the {MULTISPECTRAL_FILE} grid (all nodata)")
+    return None
+
+
+def load_scene(scene_dir: str | os.PathLike, config: Config, *, require_labels: bool = True) -> SceneRasters:
+    """Every stream of one scene on the multispectral grid, as one tile; the first problem found (multispectral,
+    then labels, then LiDAR) raises SceneError. Without `require_labels`, a scene without labels.tif has labels
+    None (a labels.tif that is there must still be good). A URI (gs://...) is copied to a local folder first."""
+    plan = plan_scene(scene_dir, config, require_labels=require_labels, whole=True)
+    (tile,) = plan.tiles
+    sums = None
+    if plan.point_cloud is not None:
+        sums, stats = CellSums(plan.grid), PointStats()
+        for start, count in plan.point_ranges():
+            cells, part = read_point_range(plan, start, count)
+            sums.add(cells)
+            stats = stats.merge(part)
+        error = point_cloud_error(plan, stats)
+        if error:
+            raise error
+    rasters = tile_rasters(plan, tile, sums, config)
+    error = lidar_raster_error(plan, rasters.measured_cells)
+    if error:
+        raise error
     return rasters
 
 
@@ -219,8 +420,8 @@ def _require_overlap(scene: str, path: Path, crs: CRS, bounds: tuple[float, ...]
         raise SceneError(scene, path, grid.not_covered("bounds", (west, south, east, north)))
 
 
-def _read_multispectral(scene: str, path: Path, config: Config) -> tuple[np.ndarray, np.ndarray, Grid]:
-    """Reflectance in uint16 units, NaN where any band is invalid, and the mask of pixels valid in every band."""
+def _multispectral_header(scene: str, path: Path, config: Config) -> tuple[Grid, bool]:
+    """The reference grid, and whether reflectance comes as floats (scaled by streams.float_reflectance_scale)."""
     bands = config.streams.multispectral_bands
     with _open_raster(scene, path) as src:
         _require_projected(scene, path, src.crs)
@@ -229,44 +430,72 @@ def _read_multispectral(scene: str, path: Path, config: Config) -> tuple[np.ndar
                 scene, path, f"{src.count} bands, but config.streams.multispectral_bands has {len(bands)}: "
                 f"{', '.join(bands)}"
             )
-        data = src.read(out_dtype=np.float32)
-        valid = _gdal_valid(src)
-        grid = Grid(src.crs, src.transform, src.height, src.width)
-        is_float = np.dtype(src.dtypes[0]).kind == "f"
-    if is_float:
+        return Grid(src.crs, src.transform, src.height, src.width), np.dtype(src.dtypes[0]).kind == "f"
+
+
+def _read_multispectral(scene: str, path: Path, window: Window, plan: ScenePlan,
+                        config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Reflectance in uint16 units over a window, NaN where any band is invalid, and where every band is valid."""
+    with _open_raster(scene, path) as src:
+        data = src.read(window=window, out_dtype=np.float32)
+        valid = _gdal_valid(src, window)
+    if plan.float_multispectral:
         valid &= np.isfinite(data).all(axis=0)
         data *= np.float32(config.streams.float_reflectance_scale)
     if not valid.all():
         data[:, ~valid] = np.nan
-    return data, valid, grid
+    return data, valid
 
 
-def _gdal_valid(src: rasterio.DatasetReader) -> np.ndarray:
-    """Pixels GDAL finds valid in every band: not the nodata value, not masked (internal mask or alpha)."""
+def _gdal_valid(src: rasterio.DatasetReader, window: Window) -> np.ndarray:
+    """Pixels of a window GDAL finds valid in every band: not the nodata value, not masked (internal mask or
+    alpha)."""
     if all(flags == [MaskFlags.all_valid] for flags in src.mask_flag_enums):
-        return np.ones(src.shape, bool)
-    return (src.read_masks() > 0).all(axis=0)
+        return np.ones((int(window.height), int(window.width)), bool)
+    return (src.read_masks(window=window) > 0).all(axis=0)
 
 
-def _read_labels(scene: str, path: Path, grid: Grid, config: Config) -> tuple[np.ndarray, np.ndarray]:
-    """Class ids on the reference grid (0 = unlabelled) and where the labels raster had a value at all."""
+def _source_window(src: rasterio.DatasetReader, grid: Grid) -> Window | None:
+    """The window of `src` that resampling onto `grid` reads from (its footprint, padded), or None if the raster
+    does not reach the grid."""
+    footprint = rasterio.windows.from_bounds(*transform_bounds(grid.crs, src.crs, *grid.bounds, densify_pts=21),
+                                             transform=src.transform)
+    padded = Window(int(np.floor(footprint.col_off)) - _SOURCE_PAD, int(np.floor(footprint.row_off)) - _SOURCE_PAD,
+                    int(np.ceil(footprint.width)) + 2 * _SOURCE_PAD + 1,
+                    int(np.ceil(footprint.height)) + 2 * _SOURCE_PAD + 1)
+    try:
+        return padded.intersection(Window(0, 0, src.width, src.height))
+    except WindowError:
+        return None
+
+
+def _labels_header(scene: str, path: Path, grid: Grid) -> None:
     with _open_raster(scene, path) as src:
         _require_projected(scene, path, src.crs)
         _require_overlap(scene, path, src.crs, src.bounds, grid)
         if src.count != 1:
             raise SceneError(scene, path, f"{src.count} bands; expected one band of class ids")
-        source = src.read(1)
-        valid = _gdal_valid(src)
-        src_crs, src_transform = src.crs, src.transform
-    if source.dtype.kind == "f":
-        valid &= np.isfinite(source)
-    _require_known_labels(scene, path, source[valid], config)
-    class_ids = np.where(valid, source, _NO_LABEL).astype(np.int32)
+
+
+def _read_labels(scene: str, path: Path, grid: Grid, config: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Class ids on `grid` (a tile's window of the reference grid; 0 = unlabelled) and where the labels raster
+    had a value at all."""
     labels = np.full(grid.shape, _NO_LABEL, np.int32)
-    reproject(
-        class_ids, labels, src_transform=src_transform, src_crs=src_crs, src_nodata=_NO_LABEL,
-        dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=_NO_LABEL, resampling=Resampling.nearest,
-    )
+    with _open_raster(scene, path) as src:
+        window = _source_window(src, grid)
+        if window is not None:
+            source = src.read(1, window=window)
+            valid = _gdal_valid(src, window)
+            src_crs, src_transform = src.crs, src.window_transform(window)
+    if window is not None:
+        if source.dtype.kind == "f":
+            valid &= np.isfinite(source)
+        _require_known_labels(scene, path, source[valid], config)
+        class_ids = np.where(valid, source, _NO_LABEL).astype(np.int32)
+        reproject(
+            class_ids, labels, src_transform=src_transform, src_crs=src_crs, src_nodata=_NO_LABEL,
+            dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=_NO_LABEL, resampling=Resampling.nearest,
+        )
     labels_valid = labels != _NO_LABEL
     labels[~labels_valid] = 0
     return labels, labels_valid
@@ -287,45 +516,68 @@ def _format_id(value: np.generic) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _read_lidar(scene: str, scene_dir: Path, grid: Grid,
-                config: Config) -> tuple[np.ndarray, np.ndarray, dict[str, int], list[str]]:
-    """(channels, H, W) values, NaN where invalid; the mask of cells valid in every channel; the cells filled
-    per channel; the file(s) read."""
+def _lidar_header(scene: str, scene_dir: Path, grid: Grid,
+                  config: Config) -> tuple[str | None, int, pyproj.CRS | None, list[str]]:
+    """The point cloud's file name, its promised points and CRS, or (None, 0, None) for pre-rasterised LiDAR;
+    and the file(s) the LiDAR is read from."""
     channels = config.streams.lidar_channels
     for name in POINT_CLOUD_FILES:
-        if (scene_dir / name).is_file():
-            with scene_errors(scene, scene_dir / name):
-                rasters = _rasterise_point_cloud(scene, scene_dir / name, grid)
-            files = [str(scene_dir / name)]
-            break
-    else:
-        if not any((scene_dir / lidar_raster_file(channel)).is_file() for channel in channels):
-            raise SceneError(
-                scene, scene_dir / POINT_CLOUD_FILES[0],
-                f"missing file: no point cloud ({' or '.join(POINT_CLOUD_FILES)}) and no pre-rasterised "
-                f"{', '.join(lidar_raster_file(channel) for channel in channels)}",
-            )
-        rasters = {}
-        for channel in channels:
-            with scene_errors(scene, scene_dir / lidar_raster_file(channel)):
-                rasters[channel] = _resample_lidar_raster(scene, scene_dir, channel, grid)
-        files = [str(scene_dir / lidar_raster_file(channel)) for channel in channels]
-    stack, valid, filled = [], np.ones(grid.shape, bool), {}
+        path = scene_dir / name
+        if path.is_file():
+            with scene_errors(scene, path):
+                try:
+                    with laspy.open(path) as reader:
+                        promised = reader.header.point_count
+                        try:
+                            cloud_crs = reader.header.parse_crs()
+                        except _POINT_CLOUD_READ_ERRORS as err:
+                            raise SceneError(scene, path, f"cannot read point cloud: CRS: {err}") from err
+                except _POINT_CLOUD_READ_ERRORS as err:
+                    raise SceneError(scene, path, f"cannot read point cloud: {err}") from err
+                if not promised:
+                    raise SceneError(scene, path, "no points (an empty point cloud)")
+                _to_reference_crs(scene, path, cloud_crs.to_wkt() if cloud_crs else None, grid, warn=True)
+            return name, promised, cloud_crs, [name]
+    names = [lidar_raster_file(channel) for channel in channels]
+    if not any((scene_dir / name).is_file() for name in names):
+        raise SceneError(
+            scene, scene_dir / POINT_CLOUD_FILES[0],
+            f"missing file: no point cloud ({' or '.join(POINT_CLOUD_FILES)}) and no pre-rasterised {', '.join(names)}",
+        )
+    for name in names:
+        path = scene_dir / name
+        with scene_errors(scene, path), _open_raster(scene, path) as src:
+            _require_projected(scene, path, src.crs)
+            _require_overlap(scene, path, src.crs, src.bounds, grid)
+    return None, 0, None, names
+
+
+def _fill_lidar(rasters: dict[str, tuple[np.ndarray, np.ndarray]], grid: Grid, core: tuple[slice, slice],
+                config: Config) -> tuple[np.ndarray, np.ndarray, dict[str, int], dict[str, int]]:
+    """(channels, H, W) values in config order, NaN where invalid; the mask of cells valid in every channel; per
+    channel the core's cells filled and cells with data."""
+    stack, valid, filled, measured = [], np.ones(grid.shape, bool), {}, {}
     nearest_cells: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}  # channels share their has_data
-    for channel in channels:
+    for channel in config.streams.lidar_channels:
         values, has_data = rasters[channel]
+        measured[channel] = int(np.count_nonzero(has_data[core]))
         if has_data.all():
             stack.append(values)
             filled[channel] = 0
+            continue
+        if not has_data.any():
+            stack.append(np.full(grid.shape, np.nan, np.float32))
+            filled[channel] = 0
+            valid[:] = False
             continue
         if id(has_data) not in nearest_cells:
             nearest_cells[id(has_data)] = _nearest_within(has_data, grid, config.ingest.max_lidar_gap_m)
         rows, cols, fill = nearest_cells[id(has_data)]
         channel_valid = has_data | fill
         stack.append(np.where(channel_valid, values[rows, cols], np.nan))
-        filled[channel] = int(fill.sum())
+        filled[channel] = int(np.count_nonzero(fill[core]))
         valid &= channel_valid
-    return np.stack(stack).astype(np.float32), valid, filled, files
+    return np.stack(stack).astype(np.float32), valid, filled, measured
 
 
 def _nearest_within(has_data: np.ndarray, grid: Grid, max_gap_m: float) -> tuple[np.ndarray, ...]:
@@ -335,65 +587,33 @@ def _nearest_within(has_data: np.ndarray, grid: Grid, max_gap_m: float) -> tuple
     return rows, cols, ~has_data & (distance <= max_gap_m)
 
 
-def _resample_lidar_raster(scene: str, scene_dir: Path, channel: str, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
-    path = scene_dir / lidar_raster_file(channel)
+def _resample_lidar_raster(scene: str, path: Path, channel: str, grid: Grid) -> tuple[np.ndarray, np.ndarray]:
+    """A pre-rasterised channel on `grid` (bilinear), and where it has data."""
+    values = np.full(grid.shape, np.nan, np.float32)
     with _open_raster(scene, path) as src:
-        _require_projected(scene, path, src.crs)
-        _require_overlap(scene, path, src.crs, src.bounds, grid)
-        source = src.read(1, out_dtype=np.float32)
-        source[~(_gdal_valid(src) & np.isfinite(source))] = np.nan  # bilinear must not blend them in
-        values = np.full(grid.shape, np.nan, np.float32)
-        reproject(
-            source, values, src_transform=src.transform, src_crs=src.crs, src_nodata=np.nan,
-            dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.bilinear,
-        )
+        window = _source_window(src, grid)
+        if window is not None:
+            source = src.read(1, window=window, out_dtype=np.float32)
+            source[~(_gdal_valid(src, window) & np.isfinite(source))] = np.nan  # bilinear must not blend them in
+            reproject(
+                source, values, src_transform=src.window_transform(window), src_crs=src.crs, src_nodata=np.nan,
+                dst_transform=grid.transform, dst_crs=grid.crs, dst_nodata=np.nan, resampling=Resampling.bilinear,
+            )
     has_data = np.isfinite(values)
-    if not has_data.any():
-        raise SceneError(scene, path, f"no valid cells on the {MULTISPECTRAL_FILE} grid (all nodata)")
     if channel == "height":
         values = np.maximum(values, 0.0)
     return values, has_data
 
 
-def _rasterise_point_cloud(scene: str, path: Path, grid: Grid) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Every channel the config may ask for, as (values, cell has points) on the reference grid. The points are
-    read POINTS_PER_CHUNK at a time and summed per cell (CellSums): memory follows the grid, not the cloud."""
-    try:
-        reader = laspy.open(path)
-    except _POINT_CLOUD_READ_ERRORS as err:
-        raise SceneError(scene, path, f"cannot read point cloud: {err}") from err
-    with reader:
-        promised = reader.header.point_count
-        try:
-            cloud_crs = reader.header.parse_crs()
-        except _POINT_CLOUD_READ_ERRORS as err:
-            raise SceneError(scene, path, f"cannot read point cloud: CRS: {err}") from err
-        to_reference = _to_reference_crs(scene, path, cloud_crs, grid)
-        sums = CellSums(grid)
-        try:
-            for chunk in reader.chunk_iterator(POINTS_PER_CHUNK):
-                x, y = to_reference(np.asarray(chunk.x, np.float64), np.asarray(chunk.y, np.float64))
-                sums.add(Points(x, y, np.asarray(chunk.z, np.float64), np.asarray(chunk.classification),
-                                np.asarray(chunk.intensity), np.asarray(chunk.number_of_returns)))
-        except _POINT_CLOUD_READ_ERRORS as err:
-            raise SceneError(scene, path, f"cannot read point records (truncated or corrupt) after an intact "
-                             f"header of {promised:,} points: {err}") from err
-    if sums.points < promised:  # laspy only logs this and returns the points it found
-        raise SceneError(scene, path, f"the header promises {promised:,} points but the file holds "
-                         f"{sums.points:,} (truncated)")
-    try:
-        return sums.rasters()
-    except PointCloudError as err:
-        raise SceneError(scene, path, str(err)) from err
-
-
-def _to_reference_crs(scene: str, path: Path, cloud_crs: pyproj.CRS | None,
-                      grid: Grid) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _to_reference_crs(scene: str, path: Path, cloud_crs_wkt: str | None, grid: Grid, *,
+                      warn: bool = False) -> Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """What brings the cloud's x and y onto the reference grid's CRS (nothing, when they share it)."""
-    if cloud_crs is None:
-        log.warning("scene %s: %s has no CRS; assuming the CRS of %s (%s)", scene, path, MULTISPECTRAL_FILE,
-                    grid.crs.to_string())
+    if cloud_crs_wkt is None:
+        if warn:
+            log.warning("scene %s: %s has no CRS; assuming the CRS of %s (%s)", scene, path, MULTISPECTRAL_FILE,
+                        grid.crs.to_string())
         return _unchanged
+    cloud_crs = pyproj.CRS.from_wkt(cloud_crs_wkt)
     _require_projected(scene, path, cloud_crs)
     horizontal = cloud_crs.sub_crs_list[0] if cloud_crs.is_compound else cloud_crs
     reference = pyproj.CRS.from_wkt(grid.crs.to_wkt())

@@ -81,8 +81,14 @@ class IngestConfig:
     # "block": whole blocks are dealt to the splits (a patch whose window reaches into a block of another split is
     # dropped); "scene": whole scenes are, for users with many scenes (no patch is lost to the buffer).
     split_by: str = "block"
-    # Labelled pixels sampled per class and scene (0 = all of them).
+    # Labelled pixels sampled per class and tile (0 = all of them); a scene up to a tile on a side is one tile.
     max_per_class: int = 2000
+    # Side of the square tiles a scene is read and sampled in, in blocks (so a block's patches are one tile's; 16
+    # blocks of 32 px: 512 px): what bounds one step's memory, and what spreads a large scene over workers.
+    tile_blocks: int = 16
+    # Pixels a tile reads around it, so that windows, LiDAR gap fills and ground interpolation near its edge see
+    # what the whole scene has; at least half a patch plus the LiDAR gap fill's reach.
+    tile_halo: int = 32
     # Relative sizes of the splits, in blocks (or scenes) dealt.
     train_hash_buckets: int = 6
     validation_hash_buckets: int = 2
@@ -473,6 +479,8 @@ NUMERIC_SETTINGS = {
     "streams.float_reflectance_scale": POSITIVE,
     "ingest.patch_size": AT_LEAST_1,
     "ingest.block_size": AT_LEAST_1,
+    "ingest.tile_blocks": AT_LEAST_1,
+    "ingest.tile_halo": AT_LEAST_0,
     "ingest.max_per_class": AT_LEAST_0,  # 0: every labelled pixel
     "ingest.train_hash_buckets": AT_LEAST_1,
     "ingest.validation_hash_buckets": AT_LEAST_1,
@@ -549,6 +557,9 @@ def _validate(config: Config) -> None:
     if config.ingest.block_size < config.ingest.patch_size:
         raise ConfigError(f"ingest.block_size must be at least ingest.patch_size ({config.ingest.patch_size}), "
                           f"got {config.ingest.block_size}")
+    if config.ingest.tile_halo < config.ingest.patch_size // 2:
+        raise ConfigError(f"ingest.tile_halo must be at least half a patch ({config.ingest.patch_size // 2}), "
+                          f"got {config.ingest.tile_halo}")
     clip = config.transform.height_clip_m
     if len(clip) != 2 or clip[0] >= clip[1]:
         raise ConfigError(f"transform.height_clip_m must be [low, high] with low < high, got {list(clip)}")

@@ -69,7 +69,7 @@ UNEXPECTED = {
     # A PROJ/GDAL CRS error raised while reprojecting labels, outside _open_raster.
     "crs error outside the raster reader": (components.scenes, "reproject", CRSError("Invalid projection: +proj=x"),
                                             LABELS_FILE, "unexpected rasterio.errors.CRSError: Invalid projection"),
-    "memory error while rasterising": (components.scenes, "CellSums", MemoryError("Unable to allocate"),
+    "memory error while rasterising": (components.scenes, "bin_points", MemoryError("Unable to allocate"),
                                        LAZ_FILE, "unexpected MemoryError: Unable to allocate"),
     "a bug after reading": (components.scene_example_gen, "encode_examples", ZeroDivisionError("division by zero"),
                             "", "unexpected ZeroDivisionError: division by zero"),
@@ -94,7 +94,7 @@ def test_any_exception_in_a_scene_becomes_its_error(corpus, monkeypatch, caplog,
 
 def test_fail_lists_every_bad_scene_of_the_corpus_and_a_bug(corpus, monkeypatch, tmp_path):
     root, _ = corpus
-    _raise_in(monkeypatch, components.scene_example_gen, "scene_examples", KeyError("band"), scene="good-1")
+    _raise_in(monkeypatch, components.scene_example_gen, "tile_patches", KeyError("band"), scene="good-1")
     with pytest.raises(BadScenesError) as failure:
         run_executor(CONFIG, root, tmp_path / "out")
     message = str(failure.value)

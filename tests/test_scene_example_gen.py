@@ -23,7 +23,7 @@ from components.scene_example_gen import (BUFFER_DROPPED, INGEST_REPORT_FILE, IN
                                           group_count, merge_block_counts, plan_splits, read_ingest_report,
                                           resolve_newest_span, scene_examples, scene_patches, split_fractions,
                                           window_split)
-from components.scenes import SceneError
+from components.scenes import SceneError, plan_scene
 from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config
 from foundation.scene_folder import LABELS_FILE, MULTISPECTRAL_FILE, span_folder
 from synth.scenes import generate_sample
@@ -200,7 +200,7 @@ def patches_by_split(scenes, assignment):
     """(scene, row, col) of the patches window_split sends to each split index (and to BUFFER_DROPPED)."""
     expected = {index: set() for index in range(len(SPLITS) + 1)}
     for scene in scenes:
-        scene_id = scene.rasters.scene_id.encode()
+        scene_id = scene.summary.scene_id.encode()
         for row, col, units in zip(scene.rows.tolist(), scene.cols.tolist(), scene.units):
             expected[window_split(units, assignment)].add((scene_id, row, col))
     return expected
@@ -430,3 +430,96 @@ def test_an_unresolved_span_pattern_is_resolved_to_the_newest_span(tmp_path):
     assert split.pattern == f"{span_folder(2)}/*/*"
     assert resolved["span"] == 2 and resolved["input_fingerprint"].startswith("split:scenes,num_files:3,")
     assert resolve_newest_span(resolved) is resolved  # resolved by a driver: left alone
+
+
+TILE_BLOCKS = 1  # 32 px tiles: each 96 px sample scene is read in 9 tiles
+
+
+@pytest.fixture(scope="module")
+def in_tiles(sample_root, tmp_path_factory):
+    """A run reading every sample scene in 9 tiles, every labelled pixel sampled, with each tile step recorded."""
+    made = []
+    patches_of = components.scene_example_gen.tile_patches
+
+    def recording(plan, tile, rasters, config):
+        made.append((plan.scene_id, tile.row, tile.col))
+        return patches_of(plan, tile, rasters, config)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(components.scene_example_gen, "tile_patches", recording)
+        run = _run_on_sample(sample_root, tmp_path_factory,
+                             {"ingest.tile_blocks": TILE_BLOCKS, "ingest.max_per_class": 0})
+    return run, made
+
+
+def test_a_scene_read_in_tiles_gives_the_examples_of_one_read_byte_for_byte(sample_root):
+    """Windows of the rasters and per-tile sums of the point cloud, with a halo: every example (bands, LiDAR
+    channels, label, row, col, block) and the scene's report and band medians are those of the scene read whole.
+    With a halo too narrow for the ground's gaps, LiDAR heights near tile edges would differ."""
+    whole = Config().replace({"ingest.max_per_class": 0})
+    tiled = whole.replace({"ingest.tile_blocks": TILE_BLOCKS})
+    narrow = tiled.replace({"ingest.tile_halo": 7})
+    narrow_differs = False
+    for scene_dir in sorted((sample_root / span_folder(1)).iterdir()):
+        assert len(plan_scene(str(scene_dir), tiled).tiles) == 9
+        one, nine = scene_examples(str(scene_dir), whole), scene_examples(str(scene_dir), tiled)
+        assert sorted(nine.serialized) == sorted(one.serialized) and one.serialized
+        assert nine.summary == one.summary
+        narrow_differs |= set(scene_examples(str(scene_dir), narrow).serialized) != set(one.serialized)
+    assert narrow_differs
+
+
+def test_in_tiles_every_tile_is_a_step_and_every_patch_goes_where_one_read_sends_it(in_tiles, sample_root):
+    (config, examples, splits), made = in_tiles
+    scenes = sampled_scenes(sample_root, config.replace({"ingest.tile_blocks": 16}))
+    assert sorted(made) == sorted((f"scene-{i:03d}", row, col) for i in range(4) for row in (0, 32, 64)
+                                  for col in (0, 32, 64))
+    expected = patches_by_split(scenes, assign_blocks(merge_block_counts(s.unit_counts for s in scenes),
+                                                      fractions_of(config)))
+    written = written_by_split(splits)
+    for index in range(len(SPLITS)):
+        assert written[index] == expected[index] and written[index]
+    report = read_ingest_report(examples.uri)
+    assert report["scenes"] == {s.summary.scene_id: s.summary.report for s in scenes}
+
+
+def test_one_failing_tile_leaves_its_whole_scene_out(sample_root, tmp_path, monkeypatch):
+    """The scene's other tiles made examples before the failure was known: none of them may be written."""
+    read = components.scene_example_gen.tile_rasters
+
+    def failing(plan, tile, sums, config):
+        if plan.scene_id == "scene-001" and (tile.row, tile.col) == (64, 32):
+            raise OSError("disk read error")
+        return read(plan, tile, sums, config)
+
+    monkeypatch.setattr(components.scene_example_gen, "tile_rasters", failing)
+    config = Config().replace({"ingest.tile_blocks": TILE_BLOCKS, "ingest.on_bad_scene": "skip"})
+    examples = run_executor(config, sample_root, tmp_path / "out")
+    report = read_ingest_report(examples.uri)
+    scene_dir = sample_root / span_folder(1) / "scene-001"
+    assert report["bad_scenes"] == [f"scene scene-001: {scene_dir}: unexpected OSError: disk read error"]
+    written = set()
+    for split in SPLITS:
+        written |= set(read_split(examples.uri, split, config)[SCENE_ID].tolist())
+    assert written == {b"scene-000", b"scene-002", b"scene-003"}
+
+
+def test_a_tile_without_points_or_without_ground_has_no_lidar_and_is_no_error(tmp_path):
+    """A tile over a lake or a huge roof: without ground points in its window its heights are not invented, and
+    without points it has no LiDAR; the scene is still good, its other tiles still give patches."""
+    config = Config().replace({"ingest.patch_size": 3, "ingest.block_size": 4, "ingest.tile_blocks": 2,
+                               "ingest.tile_halo": 4, "ingest.min_valid_share": 0.0, "ingest.max_per_class": 0})
+    for kind, region in (("holes", [(0, SIZE, 28, SIZE)]), ("no_ground", [(0, SIZE, 28, SIZE)])):
+        scene = scene_patches(str(write_scene(tmp_path / kind, config=config, **{kind: region})), config)
+        beyond = [tile for tile in scene.tiles if tile.rasters.origin[1] >= 28]  # windows inside the region
+        assert beyond and all(tile.report.patches == 0 for tile in beyond)
+        assert not any(tile.rasters.lidar_valid.any() for tile in beyond)
+        assert scene.summary.report["patches"] > 0
+
+
+def test_a_halo_narrower_than_the_lidar_gap_fill_is_refused_naming_the_file(tmp_path):
+    scene_dir = write_scene(tmp_path)
+    config = Config().replace({"ingest.tile_halo": 8, "ingest.max_lidar_gap_m": 5.0})
+    with pytest.raises(SceneError, match=r"ingest.tile_halo 8 px is less than .* 1 m pixels \(10 px\)") as raised:
+        plan_scene(str(scene_dir), config)
+    assert raised.value.path == str(scene_dir / MULTISPECTRAL_FILE)

@@ -12,7 +12,7 @@ from tiny_scenes import (POINT_CLOUD_FILE, REFERENCE_CRS, SIZE, Grid, ground_z, 
                          reference_transform, region_interior, truth, write_point_cloud, write_raster, write_scene)
 
 import components.scenes
-from components.lidar_rasters import CellSums, Points
+from components.lidar_rasters import CellSums, Points, bin_points
 from components.lidar_rasters import Grid as LidarGrid
 from components.scenes import SceneError, load_scene, scene_dirs
 from foundation.config import LIDAR_CHANNEL_CHOICES, Config
@@ -127,10 +127,10 @@ def test_a_point_cloud_read_in_small_chunks_gives_the_rasters_of_one_read(tmp_pa
 
 def cell_sums(grid, points, row0=0, col0=0, height=None, width=None):
     """CellSums of `points` on the window of `grid` at (row0, col0), the whole grid by default."""
-    window = LidarGrid(grid.crs, grid.transform * Affine.translation(col0, row0), height or grid.height,
+    window = LidarGrid(grid.crs, grid.transform @ Affine.translation(col0, row0), height or grid.height,
                        width or grid.width)
     sums = CellSums(window)
-    sums.add(points)
+    sums.add(bin_points(points, window)[0])
     return sums.rasters()
 
 
