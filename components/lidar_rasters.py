@@ -201,8 +201,9 @@ class CellSums:
         height = np.maximum(self.top.reshape(grid.shape) - _ground_surface(self.ground_count, self.ground_z, grid), 0.0)
         row_spacing, col_spacing = grid.pixel_size_m
         no_gaps = np.ones(grid.shape, bool)  # an empty cell's density of 0 is a measurement, not a gap
+        has_height = np.isfinite(height)
         return {
-            "height": (height, has_points & np.isfinite(height)),
+            "height": (height, has_points if has_height.all() else has_points & has_height),  # one mask, one fill
             "intensity": ((self.intensity / count_or_one).reshape(grid.shape), has_points),
             "return_ratio": ((self.multiple / count_or_one).reshape(grid.shape), has_points),
             "density": ((self.count / (row_spacing * col_spacing)).reshape(grid.shape), no_gaps),

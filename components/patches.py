@@ -64,8 +64,12 @@ def extract_patches(stack: np.ndarray, rows: np.ndarray, cols: np.ndarray, patch
 def block_ids(scene_id: str, rows: np.ndarray, cols: np.ndarray, block_size: int) -> list[bytes]:
     """Spatial tile of each pixel: the unit the split deals to train, validation and test."""
     prefix = scene_id.encode()
-    return [b"%s/%d_%d" % (prefix, r, c)
+    return [_block_id(prefix, r, c)
             for r, c in zip((np.asarray(rows) // block_size).tolist(), (np.asarray(cols) // block_size).tolist())]
+
+
+def _block_id(scene_prefix: bytes, block_row: int, block_col: int) -> bytes:
+    return b"%s/%d_%d" % (scene_prefix, block_row, block_col)
 
 
 def window_block_ids(scene_id: str, rows: np.ndarray, cols: np.ndarray, block_size: int,
@@ -88,7 +92,7 @@ def window_block_ids(scene_id: str, rows: np.ndarray, cols: np.ndarray, block_si
         up, down, left, right = reaches[:, i].tolist()
         touched_rows = [centre_row] + [centre_row - 1] * up + [centre_row + 1] * down
         touched_cols = [centre_col] + [centre_col - 1] * left + [centre_col + 1] * right
-        keys.append(tuple(b"%s/%d_%d" % (prefix, r, c) for r in touched_rows for c in touched_cols))
+        keys.append(tuple(_block_id(prefix, r, c) for r in touched_rows for c in touched_cols))
     return [keys[i] for i in inverse.tolist()]
 
 
@@ -97,7 +101,7 @@ def neighbour_block_ids(block: bytes) -> list[bytes]:
     a window wide), so the only splits the buffer check of its patches needs."""
     prefix, _, position = block.rpartition(b"/")
     row, col = map(int, position.split(b"_"))
-    return [b"%s/%d_%d" % (prefix, row + dr, col + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
+    return [_block_id(prefix, row + dr, col + dc) for dr in (-1, 0, 1) for dc in (-1, 0, 1)]
 
 
 def encode_examples(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray, config: Config) -> list[bytes]:
@@ -121,19 +125,24 @@ def encode_examples(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray, c
 
 def _metadata_entries(rasters: SceneRasters, rows: np.ndarray, cols: np.ndarray, config: Config) -> list[bytes]:
     """Per example, the map entries of label, scene id, block id, row and col (on the scene's grid); each distinct
-    value is encoded once."""
+    value is encoded once and picked by index."""
     labels = rasters.labels[rows, cols]
     rows, cols = rows + rasters.origin[0], cols + rasters.origin[1]
-    label_entries = {label: int64_entry(LABEL, label) for label in np.unique(labels).tolist()}
-    row_entries = {r: int64_entry(ROW, r) for r in np.unique(rows).tolist()}
-    col_entries = {c: int64_entry(COL, c) for c in np.unique(cols).tolist()}
-    scene_entry = bytes_entry(SCENE_ID, rasters.scene_id.encode())
-    block_entries: dict[bytes, bytes] = {}
-    tails = []
-    for label, block, r, c in zip(labels.tolist(), block_ids(rasters.scene_id, rows, cols, config.ingest.block_size),
-                                  rows.tolist(), cols.tolist()):
-        block_entry = block_entries.get(block)
-        if block_entry is None:
-            block_entry = block_entries[block] = bytes_entry(BLOCK_ID, block)
-        tails.append(label_entries[label] + scene_entry + block_entry + row_entries[r] + col_entries[c])
-    return tails
+    block_rows, block_cols = rows // config.ingest.block_size, cols // config.ingest.block_size
+    width = int(block_cols.max(initial=0)) + 1
+    prefix = rasters.scene_id.encode()
+    scene_entry = bytes_entry(SCENE_ID, prefix)
+    columns = (
+        _entries(labels, lambda label: int64_entry(LABEL, label)),
+        _entries(block_rows * width + block_cols,
+                 lambda code: bytes_entry(BLOCK_ID, _block_id(prefix, *divmod(code, width)))),
+        _entries(rows, lambda row: int64_entry(ROW, row)),
+        _entries(cols, lambda col: int64_entry(COL, col)),
+    )
+    return [b"".join((label, scene_entry, block, row, col)) for label, block, row, col in zip(*columns)]
+
+
+def _entries(values: np.ndarray, entry) -> np.ndarray:
+    """entry(value) of each value, computed once per distinct value (an object array, one item per value)."""
+    distinct, index = np.unique(values, return_inverse=True)
+    return np.array([entry(value) for value in distinct.tolist()], dtype=object)[index]

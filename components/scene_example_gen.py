@@ -7,10 +7,11 @@ components.patches). A scene is planned from its headers and cut into tiles (`in
 cloud is read in ranges of points, each binned into per-cell sums for the tiles it touches; each tile reads
 its windows of the rasters and makes its patches; what a scene's steps found meets per scene for the checks
 that are about the scene as a whole (its point cloud, its share of valid windows, its band scale). So neither a
-scene's pixels nor its points are ever held whole, and a large scene spreads over workers. Whole blocks (`block_id`, a coarse spatial tile) are dealt to train, validation and test
-so that every class gets each split's share (see assign_blocks), and a patch whose window reaches into a block
-of another split is dropped: no validation or test window overlaps a training window. `ingest.split_by: scene`
-deals whole scenes instead. No step holds every block: blocks are dealt in groups of up to
+scene's pixels nor its points are ever held whole, and a large scene spreads over workers.
+Whole blocks (`block_id`, a coarse spatial tile) are dealt to train, validation and test so that every class
+gets each split's share (see assign_blocks), and a patch whose window reaches into a block of another split is
+dropped: no validation or test window overlaps a training window. `ingest.split_by: scene` deals whole scenes
+instead. No step holds every block: blocks are dealt in groups of up to
 `ingest.split_group_units` (a hash of the block id picks the group; one group at the sample's scale), and each
 patch is joined by key with the splits of the blocks its window can touch.
 A bad scene never stops the others being read: every bad scene of the run (one that cannot be read, one that lies
@@ -127,6 +128,18 @@ class TileReport:
     lost_windows: dict[str, int]  # labelled pixels whose window reaches masked LiDAR, masked multispectral, the edge
     band_values: list[tuple[np.ndarray, np.ndarray]]  # per band, (rounded value, count) of its valid pixels
 
+    def merge(self, other: TileReport) -> TileReport:
+        """Both tiles' counts as one, so a scene's steps are merged one at a time whatever their number."""
+        def added(mine: dict[str, int], theirs: dict[str, int]) -> dict[str, int]:
+            return {key: mine[key] + theirs[key] for key in mine}
+
+        return TileReport(
+            self.labelled_pixels + other.labelled_pixels, self.valid_labelled_pixels + other.valid_labelled_pixels,
+            added(self.masked_pixels, other.masked_pixels), added(self.lidar_filled_cells, other.lidar_filled_cells),
+            added(self.lidar_measured_cells, other.lidar_measured_cells), self.patches + other.patches,
+            added(self.lost_windows, other.lost_windows),
+            [merge_band_values(pair) for pair in zip(self.band_values, other.band_values)])
+
 
 @dataclass
 class TilePatches:
@@ -210,7 +223,8 @@ def tile_report(rasters: SceneRasters, valid: np.ndarray, core: tuple[slice, sli
         lidar_measured_cells=dict(rasters.measured_cells),
         patches=patches,
         lost_windows={
-            "lidar": int(np.count_nonzero(labelled & ~window_valid(rasters.lidar_valid, size, outside_valid=True)[core])),
+            "lidar": int(np.count_nonzero(
+                labelled & ~window_valid(rasters.lidar_valid, size, outside_valid=True)[core])),
             "multispectral": int(np.count_nonzero(
                 labelled & ~window_valid(rasters.multispectral_valid, size, outside_valid=True)[core])),
             "edge": _edge_lost(rasters, core, labelled, size),
@@ -237,6 +251,7 @@ def band_histogram(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def merge_band_values(parts: Iterable[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """One histogram of (value, count) from several."""
     values, counts = zip(*parts)
     merged, inverse = np.unique(np.concatenate(values), return_inverse=True)
     return merged, np.bincount(inverse, weights=np.concatenate(counts)).astype(np.int64)
@@ -253,39 +268,32 @@ def histogram_median(values: np.ndarray, counts: np.ndarray) -> float:
     return (float(low) + float(high)) / 2
 
 
-def finish_scene(plan: ScenePlan, points: PointStats | None, reports: list[TileReport],
-                 config: Config) -> SceneSummary:
-    """The scene's summary from what its tiles and point ranges found, or the SceneError of a scene that is
-    unusable as a whole: its point cloud, a LiDAR raster without data, too few valid windows."""
+def finish_scene(plan: ScenePlan, points: PointStats, tiles: TileReport, config: Config) -> SceneSummary:
+    """The scene's summary from what its point ranges and tiles (merged) found, or the SceneError of a scene that
+    is unusable as a whole: its point cloud, a LiDAR raster without data, too few valid windows."""
     if plan.point_cloud is not None:
-        error = point_cloud_error(plan, points or PointStats())
+        error = point_cloud_error(plan, points)
         if error:
             raise error
-    measured = {channel: sum(r.lidar_measured_cells[channel] for r in reports) for channel in config.streams.lidar_channels}
-    error = lidar_raster_error(plan, measured)
+    error = lidar_raster_error(plan, tiles.lidar_measured_cells)
     if error:
         raise error
-    labelled = sum(r.labelled_pixels for r in reports)
-    valid = sum(r.valid_labelled_pixels for r in reports)
+    labelled, valid = tiles.labelled_pixels, tiles.valid_labelled_pixels
     report = {
         "labelled_pixels": labelled,
         "valid_labelled_pixels": valid,
         "valid_share": valid / labelled if labelled else None,
-        "masked_pixels": {stream: sum(r.masked_pixels[stream] for r in reports)
-                          for stream in ("multispectral", "lidar", "labels")},
-        "lidar_filled_cells": {channel: sum(r.lidar_filled_cells[channel] for r in reports)
-                               for channel in config.streams.lidar_channels},
-        "patches": sum(r.patches for r in reports),
+        "masked_pixels": tiles.masked_pixels,
+        "lidar_filled_cells": tiles.lidar_filled_cells,
+        "patches": tiles.patches,
     }
     if report["valid_share"] is not None and report["valid_share"] < config.ingest.min_valid_share:
-        lost = {cause: sum(r.lost_windows[cause] for r in reports) for cause in ("lidar", "multispectral", "edge")}
-        raise _too_few_valid(plan, report, lost, config)
-    medians = tuple(histogram_median(*merge_band_values(r.band_values[band] for r in reports))
-                    for band in range(len(config.streams.multispectral_bands)))
+        raise _too_few_valid(plan, report, tiles.lost_windows, config)
     logging.info("scene %s: %d patches; %d of %d labelled pixels have a valid window; masked pixels %s; LiDAR "
                  "cells filled %s", plan.scene_id, report["patches"], valid, labelled, report["masked_pixels"],
                  report["lidar_filled_cells"])
-    return SceneSummary(plan.scene_id, plan.files["multispectral"], medians, report)
+    return SceneSummary(plan.scene_id, plan.files["multispectral"],
+                        tuple(histogram_median(*values) for values in tiles.band_values), report)
 
 
 def _too_few_valid(plan: ScenePlan, report: dict[str, Any], lost: dict[str, int], config: Config) -> SceneError:
@@ -317,7 +325,7 @@ def read_in_tiles(scene_dir: str, config: Config, use_tile: Callable[[TilePatche
     point range (its sums for each tile's window kept on disk, as Beam's shuffle keeps them), then each tile, given
     to `use_tile` and let go; then the scene's checks. Raises SceneError naming the scene and file on bad input."""
     plan = plan_scene(scene_dir, config)
-    points, reports = PointStats(), []
+    points, merged = PointStats(), None
     with tempfile.TemporaryDirectory(prefix="terrafuse-tiles-") as spill:
         for start, count in plan.point_ranges():
             cells, stats = read_point_range(plan, start, count)
@@ -332,9 +340,9 @@ def read_in_tiles(scene_dir: str, config: Config, use_tile: Callable[[TilePatche
                 for part in _spilled(os.path.join(spill, str(index))):
                     sums.add(part)
             patches = tile_patches(plan, tile, tile_rasters(plan, tile, sums, config), config)
-            reports.append(patches.report)
+            merged = patches.report if merged is None else merged.merge(patches.report)
             use_tile(patches)
-    return finish_scene(plan, points, reports, config)
+    return finish_scene(plan, points, merged, config)
 
 
 def _spilled(path: str) -> Iterator[SparseCells]:
@@ -703,7 +711,7 @@ class _FinishScene(_ConfiguredDoFn):
 def finish_scene_parts(parts: Iterable[tuple[str, Any]], config: Config) -> SceneSummary:
     """finish_scene from the parts a scene's steps emitted; the first error found (planning, then a tile's files,
     then the point cloud's ranges, as one process reads a scene) is the scene's."""
-    errors, plan, points, reports = [], None, PointStats(), []
+    errors, plan, points, merged = [], None, PointStats(), None
     for kind, value in parts:
         if kind == _ERROR:
             errors.append(value)
@@ -712,11 +720,11 @@ def finish_scene_parts(parts: Iterable[tuple[str, Any]], config: Config) -> Scen
         elif kind == _POINTS:
             points = points.merge(value)
         else:
-            reports.append(value)
+            merged = value if merged is None else merged.merge(value)
     if errors:
         raise min(errors, key=lambda found: (found[0], str(found[1])))[1]
     with scene_errors(plan.scene_id, plan.scene_dir):
-        return finish_scene(plan, points, reports, config)
+        return finish_scene(plan, points, merged, config)
 
 
 def _example_kept(keyed: tuple[tuple[str, int, tuple[bytes, ...]], bytes], left_out: frozenset[str]) -> bool:
