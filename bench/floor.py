@@ -3,10 +3,15 @@
 It reads the same scenes (the newest span, resolved by TFX's own span logic on the same split pattern), samples
 the same valid pixels and deals the same blocks to train, validation and test with the same buffer (ingestion's
 own `scene_patches`, `split_fractions` and `plan_splits`), z-scores every band and LiDAR channel on its training
-statistics in numpy (after the same per-channel clip/log step as the Transform), trains the same CNN with the same
-epochs, batch size, class weights, seed, shuffling and early stopping on the validation split, and measures argmax
-recall on the test split. Left out on purpose: tf.Example encoding, statistics, schema, skew and drift validation,
-the SavedModel export and TFMA.
+statistics in numpy (after the same per-channel clip/log step as the Transform), trains the same CNN on the same
+augmented batches (the Trainer's own rotations, reflections and stream dropout, models/augmentation.py) with the
+same epochs, batch size, class weights, seed, shuffling and early stopping on the validation split, and measures
+argmax recall on the test split. Left out on purpose: tf.Example encoding, statistics, schema, skew and drift
+validation, the SavedModel export and TFMA.
+
+`--epochs-exactly N` trains exactly N epochs, without early stopping. The bench passes the epochs the compared
+pipeline run's Trainer ran: early stopping ends the two fits at different epochs (at 16x once 13 against 25), and
+then pipeline / floor compares amounts of training instead of what the orchestration costs.
 
     python -m bench.floor --data-root data/sample --set model.epochs=3 --json floor.json
 """
@@ -34,6 +39,7 @@ from tfx.utils import proto_utils
 from components.scene_example_gen import BUFFER_DROPPED, SceneExampleGen, plan_splits, scene_patches, split_fractions
 from components.scenes import SceneError, scene_dirs
 from foundation.config import SPLITS, TEST, TRAIN, VALIDATION, Config, load_config
+from models.augmentation import training_augmentation
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model
 from models.metrics import argmax_recalls
@@ -123,9 +129,25 @@ def model_inputs(values: np.ndarray, config: Config) -> dict[str, np.ndarray]:
     return by_stream
 
 
-def train_and_evaluate(values: np.ndarray, patches: Patches, config: Config) -> dict:
-    """The Trainer's fit (same model, weights, epochs, batch, seed, shuffle, early stopping on the validation
-    split), then argmax recall on the test split, the Evaluator's data."""
+def training_data(values: np.ndarray, patches: Patches, config: Config) -> tf.data.Dataset:
+    """The training split as the Trainer feeds it: shuffled across the split, batched, and (with `model.augment`)
+    under the Trainer's own augmentation, rotations, reflections and stream dropout."""
+    train = patches.split == TRAIN
+    data = (tf.data.Dataset.from_tensor_slices((model_inputs(values[train], config), patches.label_index[train]))
+            .shuffle(min(int(train.sum()), MAX_SHUFFLE_BUFFER), seed=config.model.seed, reshuffle_each_iteration=True)
+            .batch(config.model.batch_size))
+    if config.model.augment:
+        data = data.map(lambda inputs, label: (training_augmentation(inputs, config), label),
+                        num_parallel_calls=tf.data.AUTOTUNE)
+    return data.prefetch(tf.data.AUTOTUNE)
+
+
+def train_and_evaluate(values: np.ndarray, patches: Patches, config: Config, epochs_exactly: int | None = None) -> dict:
+    """The Trainer's fit (same model, augmentation, weights, epochs, batch, seed, shuffle, early stopping on the
+    validation split, best validation epoch restored), then argmax recall on the test split, the Evaluator's data.
+
+    With `epochs_exactly`, that many epochs and no early stopping: the patience is the epoch count, so the callback
+    never stops the fit and only restores the best epoch, as the Trainer's does."""
     timings = {}
     started = time.perf_counter()
     num_classes = len(config.class_ids)
@@ -135,19 +157,16 @@ def train_and_evaluate(values: np.ndarray, patches: Patches, config: Config) -> 
                             config.model.class_weights, config.model.effective_number_beta)
     tf_keras.utils.set_random_seed(config.model.seed)
     batch = config.model.batch_size
-    train_data = (tf.data.Dataset.from_tensor_slices((model_inputs(values[train], config),
-                                                      patches.label_index[train]))
-                  .shuffle(min(int(train.sum()), MAX_SHUFFLE_BUFFER), seed=config.model.seed,
-                           reshuffle_each_iteration=True)
-                  .batch(batch).prefetch(tf.data.AUTOTUNE))
+    train_data = training_data(values, patches, config)
     validation_data = tf.data.Dataset.from_tensor_slices(
         (model_inputs(values[validation], config), patches.label_index[validation])).batch(batch)
+    epochs = epochs_exactly or config.model.epochs
+    patience = epochs_exactly or config.model.early_stopping_patience
     model = build_model(config)
     history = model.fit(
-        train_data, validation_data=validation_data, epochs=config.model.epochs, verbose=0, class_weight=weights,
+        train_data, validation_data=validation_data, epochs=epochs, verbose=0, class_weight=weights,
         callbacks=[MacroRecallCallback(validation_data, num_classes),
-                   tf_keras.callbacks.EarlyStopping(monitor=VAL_MACRO_RECALL, mode="max",
-                                                    patience=config.model.early_stopping_patience,
+                   tf_keras.callbacks.EarlyStopping(monitor=VAL_MACRO_RECALL, mode="max", patience=patience,
                                                     restore_best_weights=True)])
     timings["train"] = time.perf_counter() - started
     started = time.perf_counter()
@@ -158,13 +177,14 @@ def train_and_evaluate(values: np.ndarray, patches: Patches, config: Config) -> 
     return {
         "seconds": timings,
         "epochs_run": len(history.history[VAL_MACRO_RECALL]),
+        "early_stopping": epochs_exactly is None,
         "per_class_recall": dict(zip(config.class_names, recalls.tolist())),
         "macro_recall": float(np.mean(recalls)),
         "majority_prediction_share": float(predicted.max() / predicted.sum()),
     }
 
 
-def run_floor(config: Config) -> dict:
+def run_floor(config: Config, epochs_exactly: int | None = None) -> dict:
     """Everything the floor does, with the seconds each stage took."""
     started = time.perf_counter()
     patches = read_patches(config)
@@ -172,7 +192,7 @@ def run_floor(config: Config) -> dict:
     started = time.perf_counter()
     values = normalise(patches, config)
     normalise_seconds = time.perf_counter() - started
-    result = train_and_evaluate(values, patches, config)
+    result = train_and_evaluate(values, patches, config, epochs_exactly)
     result["seconds"] = {"read": read_seconds, "normalise": normalise_seconds, **result["seconds"]}
     result["seconds"]["total"] = sum(result["seconds"].values())
     result["examples"] = {name: int(np.count_nonzero(patches.split == name)) for name in SPLITS}
@@ -180,15 +200,24 @@ def run_floor(config: Config) -> dict:
     return result
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number of epochs")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="YAML or JSON config file, as for `terrafuse run`")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     parser.add_argument("--data-root", help="folder of span-NNNN/SCENE/ folders (run.data_root)")
+    parser.add_argument("--epochs-exactly", type=positive_int, metavar="N",
+                        help="train exactly N epochs, without early stopping (the bench: the compared run's epochs)")
     parser.add_argument("--json", help="also write the result to this file")
     args = parser.parse_args(argv)
     overrides = args.overrides + ([f"run.data_root={args.data_root}"] if args.data_root else [])
-    result = run_floor(load_config(args.config, overrides))
+    result = run_floor(load_config(args.config, overrides), args.epochs_exactly)
     seconds = ", ".join(f"{stage} {value:.1f} s" for stage, value in result["seconds"].items())
     print(f"floor: {result['examples']} examples, {result['epochs_run']} epochs; {seconds}")
     recalls = ", ".join(f"{name} {value:.3f}" for name, value in result["per_class_recall"].items())

@@ -104,14 +104,15 @@ def run_pipelines(configs: list[Config], work: Path, name: str, record: bool,
     return measure, records
 
 
-def run_floor(config: Config, work: Path, name: str) -> tuple[ProcessMeasure, dict[str, Any]]:
-    """bench/floor.py on the config, in a fresh process."""
+def run_floor(config: Config, work: Path, name: str, epochs: int) -> tuple[ProcessMeasure, dict[str, Any]]:
+    """bench/floor.py on the config, in a fresh process, training exactly `epochs` epochs."""
     config_file, out = work / "jobs" / f"{name}.config.json", work / "jobs" / f"{name}.result.json"
     config_file.parent.mkdir(parents=True, exist_ok=True)
     config_file.write_text(config.to_json())
     out.unlink(missing_ok=True)
     log = work / "logs" / f"{name}.log"
-    measure = run_measured(["-m", "bench.floor", "--config", str(config_file), "--json", str(out)], log)
+    measure = run_measured(["-m", "bench.floor", "--config", str(config_file), "--epochs-exactly", str(epochs),
+                            "--json", str(out)], log)
     if measure.returncode != 0 or not out.exists():
         raise BenchError(f"{name}: floor exited {measure.returncode}; see {log}")
     return measure, json.loads(out.read_text())

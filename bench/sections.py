@@ -95,9 +95,16 @@ class Bench:
         return self._fresh_models[(multiple, mode)]
 
     def floor(self, multiple: int) -> dict[str, Any]:
+        """The floor at `multiple`, trained for exactly the epochs the fresh pipeline run's Trainer ran there (the run
+        happens first if it has not), so that the two compare orchestration and not amounts of training."""
         if multiple not in self._floors:
-            progress("floor", f"floor script, {multiple}x data ...")
-            measure, result = run_floor(self.scaled_config(multiple), self.work, f"floor-x{multiple}")
+            trainer = self.pipeline(multiple, rerun=False)["fresh"]["trainer"]
+            if trainer is None:
+                raise BenchError(f"the fresh {multiple}x run trained no model, so the floor has no epochs to match "
+                                 f"(see its log under {self.work / 'logs'})")
+            progress("floor", f"floor script, {multiple}x data, {trainer['epochs_run']} epochs as the pipeline's ...")
+            measure, result = run_floor(self.scaled_config(multiple), self.work, f"floor-x{multiple}",
+                                        trainer["epochs_run"])
             self._floors[multiple] = {"multiple": multiple, "process_seconds": measure.seconds,
                                       "peak_rss_mib": measure.peak_rss_mib, **result}
             progress("floor", f"  {measure.seconds:.1f} s process, {result['seconds']['total']:.1f} s of work")
@@ -251,12 +258,12 @@ def scaling(bench: Bench) -> dict[str, Any]:
 
 
 def floor(bench: Bench) -> dict[str, Any]:
-    """Issue 5: the plain script against the pipeline at every size."""
+    """Issue 5: the plain script against the pipeline at every size, each trained for the same epochs."""
     rows = []
     for multiple in bench.settings.multiples:
         result, run = bench.floor(multiple), bench.pipeline(multiple, rerun=False)["fresh"]
         rows.append({
-            "multiple": multiple, "floor": result,
+            "multiple": multiple, "floor": result, "pipeline_epochs": run["trainer"]["epochs_run"],
             "pipeline_seconds": run["pipeline_seconds"], "pipeline_process_seconds": run["process_seconds"],
             "work_ratio": run["pipeline_seconds"] / result["seconds"]["total"],
             "process_ratio": run["process_seconds"] / result["process_seconds"],

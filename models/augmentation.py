@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from foundation.config import Config
+
 SYMMETRIES = 8  # 4 rotations by 90 degrees, each with or without a left-right flip
 
 
@@ -36,3 +38,13 @@ def stream_dropout(inputs: dict[str, tf.Tensor], rate: float, seed: int) -> dict
         keep = tf.logical_not(tf.logical_and(dropped, tf.equal(which, index)))
         kept[name] = inputs[name] * tf.reshape(tf.cast(keep, inputs[name].dtype), [-1, 1, 1, 1])
     return kept
+
+
+def training_augmentation(inputs: dict[str, tf.Tensor], config: Config) -> dict[str, tf.Tensor]:
+    """The Trainer's augmentation of a training batch {stream: [N, P, P, C]}: a random symmetry per example, then,
+    for a model of more than one stream, stream dropout at `model.stream_dropout`. One function, so that the
+    benchmark's floor (bench/floor.py) trains on what the Trainer trains on."""
+    inputs = random_symmetries(inputs, config.model.seed)
+    if len(inputs) > 1 and config.model.stream_dropout:
+        inputs = stream_dropout(inputs, config.model.stream_dropout, config.model.seed)
+    return inputs

@@ -47,7 +47,7 @@ from foundation.config import SPLITS, TRAIN, Config
 from foundation.published import (CLASS_ID, CLASS_INDEX, MAP_INPUT, MAP_SIGNATURE, PROBABILITIES, SERVING_INPUT,
                                   SERVING_SIGNATURE, TRAIN_STATISTICS_KEY, TRAINING_DATA_KEY, TRAINING_KEY,
                                   TRANSFORM_SIGNATURE, reusable_model, training_key, write_training_record)
-from models.augmentation import random_symmetries, stream_dropout
+from models.augmentation import training_augmentation
 from models.class_weights import class_weights
 from models.fused_cnn import STREAMS_BY_MODE, build_model, tile_model
 from models.metrics import argmax_recalls
@@ -184,9 +184,7 @@ def _dataset(file_patterns, transform_output: tft.TFTransformOutput, config: Con
         parsed = tf.io.parse_example(serialized, spec)
         inputs = _model_inputs(parsed, config, streams)
         if augment:
-            inputs = random_symmetries(inputs, config.model.seed)
-            if len(streams) > 1 and config.model.stream_dropout:
-                inputs = stream_dropout(inputs, config.model.stream_dropout, config.model.seed)
+            inputs = training_augmentation(inputs, config)
         return inputs, parsed[LABEL_INDEX]
 
     records = tf.data.TFRecordDataset(files, compression_type="GZIP").cache()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bench import model_variants
@@ -159,3 +160,74 @@ def test_results_json_takes_numpy_scalars_and_drops_non_finite_numbers():
                         "missing": float("nan"), "rows": (np.float32(np.inf),)})
     assert json.loads(json.dumps(ready, allow_nan=False)) == {"passed": True, "value": 0.5, "count": 3,
                                                               "missing": None, "rows": [None]}
+
+
+def _floor_patches(config, per_split, values=None):
+    """`per_split` patches of every split for bench.floor, labels cycling through the class table; values random
+    unless given."""
+    from bench.floor import Patches
+    from foundation.config import SPLITS
+    from transforms.features import layout
+
+    lay = layout(config)
+    n = per_split * len(SPLITS)
+    if values is None:
+        values = np.random.default_rng(0).normal(size=(n, len(lay.stream_features), lay.patch_values))
+    return Patches(values.astype(np.float32), np.arange(n, dtype=np.int64) % len(config.class_ids),
+                   np.repeat(np.array(SPLITS), per_split), buffer_dropped=0)
+
+
+def _symmetries(patch):
+    """The square's 8 symmetries of one patch [P, P, C], in numpy."""
+    rotations = [np.rot90(patch, k, axes=(0, 1)) for k in range(4)]
+    return rotations + [np.flip(r, axis=1) for r in rotations]
+
+
+def test_the_floor_trains_on_the_trainers_rotations_reflections_and_stream_dropout():
+    """Every training example the floor feeds is its own patch under one of the 8 symmetries (the same in both
+    streams) with its own label, some under a non-trivial one, and some of them lose one stream, as the Trainer's."""
+    from bench.floor import model_inputs, training_data
+    from foundation.config import TRAIN
+    from transforms.features import layout
+
+    config = Config()
+    centre = layout(config).patch_size // 2
+    patches = _floor_patches(config, per_split=200)
+    # The centre pixel, which no symmetry moves, names the example in every channel.
+    patches.values[:, :, centre * layout(config).patch_size + centre] = np.arange(1, len(patches.values) + 1)[:, None]
+    originals = model_inputs(patches.values, config)
+    streams = list(originals)
+    symmetries_used, dropped, seen = set(), 0, []
+    for inputs, labels in training_data(patches.values, patches, config):
+        for i, label in enumerate(labels.numpy()):
+            fed = {s: inputs[s][i].numpy() for s in streams}
+            example = int(max(fed[s][centre, centre].max() for s in streams)) - 1
+            seen.append(example)
+            assert label == patches.label_index[example]
+            kept = [s for s in streams if np.any(fed[s])]
+            assert kept, "an example keeps at least one stream"
+            dropped += len(kept) < len(streams)
+            (index,) = {k for k, variant in enumerate(_symmetries(originals[kept[0]][example]))
+                        if np.array_equal(variant, fed[kept[0]])}
+            for s in kept:
+                np.testing.assert_array_equal(fed[s], _symmetries(originals[s][example])[index])
+            symmetries_used.add(index)
+    assert sorted(seen) == np.flatnonzero(patches.split == TRAIN).tolist()
+    assert len(symmetries_used) > 4
+    assert 0.15 < dropped / len(seen) < 0.45, "about model.stream_dropout (0.3) of the examples lose a stream"
+
+
+def test_the_floor_fits_exactly_the_epochs_asked_for_and_otherwise_stops_early():
+    """All-zero patches give every example the same prediction, so validation macro recall never improves after
+    the first epoch: with patience 0 early stopping ends the fit at epoch 2; `epochs_exactly` fits all of them."""
+    from bench.floor import main, train_and_evaluate
+
+    config = Config().replace({"model.epochs": 5, "model.early_stopping_patience": 0})
+    patches = _floor_patches(config, per_split=24)
+    patches.values[:] = 0
+    stopped = train_and_evaluate(patches.values, patches, config)
+    assert stopped["epochs_run"] == 2 and stopped["early_stopping"]
+    exact = train_and_evaluate(patches.values, patches, config, epochs_exactly=6)
+    assert exact["epochs_run"] == 6 and not exact["early_stopping"]
+    with pytest.raises(SystemExit):
+        main(["--epochs-exactly", "0"])
