@@ -404,8 +404,11 @@ def _ingest(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
                      f"| {_n(s['patches_per_core_second'])} | {s['cores_busy']:.2f} "
                      f"| {100 * s['load_scene_share']:.0f} % |")
     if data.get("memory"):
-        lines += ["", "Peak memory (issue 13): `ingest_scene` on one scene in a process of its own "
-                      "(`python -m bench.ingest_memory`), VmHWM after the imports and at the end.", "",
+        lines += ["", "Peak memory and CPU (issue 13): one scene in a process of its own (`python -m "
+                      "bench.ingest_memory`), its plan, point ranges and tiles made one after the other as one worker "
+                      "makes them (`read_in_tiles`, a tile's cell sums waiting on disk, its examples let go once "
+                      f"serialized), with {', '.join(data['memory'].get('overrides', [])) or 'the default config'}; "
+                      "VmHWM after the imports (and a garbage collection) and at the end.", "",
                   "| scene | patches | CPU s | patches/s per core | peak MiB after imports | peak MiB |",
                   "|---|---|---|---|---|---|"]
         for run in data["memory"]["runs"]:

@@ -56,9 +56,6 @@ _NO_LABEL = -1
 # Points read at a time: about 25 MB of records and arrays, whatever the cloud's size. A multiple of LAZ's default
 # chunk of 50,000 points, so a range starts where the decoder can seek to.
 POINTS_PER_CHUNK = 250_000
-# One thread per range: ranges are what spreads decoding over workers, and the parallel decoder's start-up made
-# each range's seek 2.5 times as slow.
-_LAZ_BACKEND = laspy.LazBackend.Lazrs
 # Source pixels read beyond the footprint of a window being resampled: bilinear needs one, one more for rounding.
 _SOURCE_PAD = 2
 # A damaged point cloud fails in laspy, in lazrs (a RuntimeError subclass) or in pyproj (its CRS VLR).
@@ -281,7 +278,7 @@ def read_point_range(plan: ScenePlan, start: int, count: int) -> tuple[SparseCel
         with scene_errors(plan.scene_id, path):
             to_grid = _to_reference_crs(plan.scene_id, path, plan.cloud_crs_wkt, plan.grid)
             try:
-                with laspy.open(path, laz_backend=_LAZ_BACKEND) as reader:
+                with laspy.open(path) as reader:
                     if start:
                         reader.seek(start)
                     points = reader.read_points(count)

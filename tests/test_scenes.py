@@ -11,6 +11,7 @@ from affine import Affine
 from tiny_scenes import (POINT_CLOUD_FILE, REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value,
                          reference_transform, region_interior, truth, write_point_cloud, write_raster, write_scene)
 
+import components.lidar_rasters
 import components.scenes
 from components.lidar_rasters import CellSums, Points, bin_points
 from components.lidar_rasters import Grid as LidarGrid
@@ -414,3 +415,15 @@ def test_valid_is_where_every_stream_is_observed(tmp_path):
     rasters = load_scene(write_scene(tmp_path, holes=[(0, SIZE, 30, SIZE)]), CONFIG)
     assert not rasters.valid.all() and rasters.valid.any()
     np.testing.assert_array_equal(rasters.valid, rasters.multispectral_valid & rasters.lidar_valid)
+
+
+@pytest.mark.parametrize("lidar", ["las", "laz"])
+def test_points_counted_in_place_or_sorted_give_the_same_rasters(tmp_path, monkeypatch, lidar):
+    """Points whose cells lie close together are counted in an array over their span, others sorted by cell; the
+    sums are exact either way, so both give the same rasters to the last bit."""
+    scene_dir = write_scene(tmp_path, lidar=lidar, no_ground=[(3, 13, 24, 36)], holes=[(30, 34, 2, 6)])
+    counted = load_scene(scene_dir, ALL_CHANNELS)
+    monkeypatch.setattr(components.lidar_rasters, "_DENSE_CELLS_PER_POINT", 0)
+    sorted_ = load_scene(scene_dir, ALL_CHANNELS)
+    np.testing.assert_array_equal(sorted_.lidar, counted.lidar)
+    np.testing.assert_array_equal(sorted_.lidar_valid, counted.lidar_valid)
