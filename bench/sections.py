@@ -193,25 +193,30 @@ def ingest(bench: Bench) -> dict[str, Any]:
 INGEST_MEMORY_OVERRIDES = ["ingest.max_per_class=0"]
 
 
+# A scene this many times the default's pixels too, beyond the target's: whether the peak stops growing.
+INGEST_MEMORY_LARGEST_MULTIPLE = 64
+
+
 def ingest_memory(bench: Bench) -> dict[str, Any]:
-    """Issue 13: ingestion's peak memory and patches per core second (`ingest_scene`, bench/ingest_memory.py) for
-    one default scene and for one scene of TARGETS.ingest_large_scene_multiple times its pixels (and points), each
-    in a fresh process."""
+    """Issue 13: ingestion's peak memory and patches per core second (bench/ingest_memory.py) for one default
+    scene, one scene of TARGETS.ingest_large_scene_multiple times its pixels (and points) and one of
+    INGEST_MEMORY_LARGEST_MULTIPLE times, each in a fresh process."""
     from pipeline.predict import scene_dirs_of_span
 
     settings = bench.settings
     multiple = TARGETS.ingest_large_scene_multiple
-    side_factor = math.isqrt(multiple)
-    if side_factor ** 2 != multiple:
-        raise BenchError(f"ingest: the large scene's pixel multiple {multiple} is not a square")
-    scenes = {"default scene": scene_dirs_of_span(bench.sample(settings.scenes, settings.scene_side), 1)[0],
-              f"{multiple}x scene": scene_dirs_of_span(bench.sample(1, side_factor * settings.scene_side), 1)[0]}
+    scenes = {"default scene": scene_dirs_of_span(bench.sample(settings.scenes, settings.scene_side), 1)[0]}
+    for times in (multiple, INGEST_MEMORY_LARGEST_MULTIPLE):
+        side_factor = math.isqrt(times)
+        if side_factor ** 2 != times:
+            raise BenchError(f"ingest: the large scene's pixel multiple {times} is not a square")
+        scenes[f"{times}x scene"] = scene_dirs_of_span(bench.sample(1, side_factor * settings.scene_side), 1)[0]
     runs = []
     for name, scene in scenes.items():
         progress("ingest", f"peak memory of ingest_scene on the {name} ({scene}), a process of its own")
         run = measure_ingest_memory(Path(scene), bench.work, f"ingest-memory-{len(runs)}", INGEST_MEMORY_OVERRIDES)
         runs.append({"name": name, **run, "patches_per_core_second": run["patches"] / run["cpu_seconds"]})
-    default, large = runs
+    default, large, _ = runs
     return {"large_scene_multiple": multiple, "overrides": INGEST_MEMORY_OVERRIDES, "runs": runs,
             "ratio": large["peak_rss_mib"] / default["peak_rss_mib"],
             "ratio_above_imports": ((large["peak_rss_mib"] - large["peak_rss_mib_after_imports"])
