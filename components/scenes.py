@@ -193,16 +193,25 @@ class ScenePlan:
                     int(window.height), int(window.width))
 
 
-def tiles_of(grid: Grid, tile_size: int, halo: int) -> tuple[Tile, ...]:
-    """Row-major tiles of `tile_size` (the last ones cut at the edge), each reading `halo` pixels around it."""
+def tiles_of(grid: Grid, most_blocks: int, block_size: int, halo: int) -> tuple[Tile, ...]:
+    """Row-major tiles of whole blocks, as even as the grid allows and at most `most_blocks` blocks on a side (a
+    640 px scene in tiles of up to 512 is cut 320 + 320, not 512 + 128: steps of similar work, and a per-tile cap
+    that samples every part of the scene alike), each reading `halo` pixels around it."""
+    rows, cols = (_cuts(side, most_blocks, block_size) for side in grid.shape)
     tiles = []
-    for row in range(0, grid.height, tile_size):
-        for col in range(0, grid.width, tile_size):
-            height, width = min(tile_size, grid.height - row), min(tile_size, grid.width - col)
+    for row, height in rows:
+        for col, width in cols:
             row0, col0 = max(row - halo, 0), max(col - halo, 0)
             row1, col1 = min(row + height + halo, grid.height), min(col + width + halo, grid.width)
             tiles.append(Tile(row, col, height, width, Window(col0, row0, col1 - col0, row1 - row0)))
     return tuple(tiles)
+
+
+def _cuts(side: int, most_blocks: int, block_size: int) -> list[tuple[int, int]]:
+    """(start, length) of the fewest even runs of whole blocks, of at most `most_blocks`, covering `side` pixels."""
+    blocks = -(-side // block_size)
+    step = -(-blocks // -(-blocks // most_blocks)) * block_size
+    return [(start, min(step, side - start)) for start in range(0, side, step)]
 
 
 def tile_halo(scene: str, path: Path, grid: Grid, config: Config) -> int:
@@ -258,9 +267,9 @@ def plan_scene(scene_dir: str | os.PathLike, config: Config, *, require_labels: 
                 _labels_header(scene, local_dir / LABELS_FILE, grid)
         point_cloud, promised, cloud_crs, lidar_files = _lidar_header(scene, local_dir, grid, config)
         if whole:
-            tiles = tiles_of(grid, max(grid.shape), 0)
+            tiles = tiles_of(grid, -(-max(grid.shape) // config.ingest.block_size), config.ingest.block_size, 0)
         else:
-            tiles = tiles_of(grid, config.ingest.tile_blocks * config.ingest.block_size,
+            tiles = tiles_of(grid, config.ingest.tile_blocks, config.ingest.block_size,
                              tile_halo(scene, path, grid, config))
     files = {"multispectral": scene_file(scene_dir, MULTISPECTRAL_FILE),
              "lidar": ", ".join(scene_file(scene_dir, name) for name in lidar_files)}

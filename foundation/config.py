@@ -83,8 +83,9 @@ class IngestConfig:
     split_by: str = "block"
     # Labelled pixels sampled per class and tile (0 = all of them); a scene up to a tile on a side is one tile.
     max_per_class: int = 2000
-    # Side of the square tiles a scene is read and sampled in, in blocks (so a block's patches are one tile's; 16
-    # blocks of 32 px: 512 px): what bounds one step's memory, and what spreads a large scene over workers.
+    # Largest side of the tiles a scene is read and sampled in, in blocks (so a block's patches are one tile's; 16
+    # blocks of 32 px: 512 px; a scene is cut into the fewest even tiles of at most this): what bounds one step's
+    # memory, and what spreads a large scene over workers.
     tile_blocks: int = 16
     # Pixels a tile reads around it, so that windows, LiDAR gap fills and ground interpolation near its edge see
     # what the whole scene has; at least half a patch plus the LiDAR gap fill's reach.

@@ -8,6 +8,7 @@ import pytest
 import rasterio
 import tensorflow as tf
 from affine import Affine
+from rasterio.crs import CRS
 from tiny_scenes import (POINT_CLOUD_FILE, REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value,
                          reference_transform, region_interior, truth, write_point_cloud, write_raster, write_scene)
 
@@ -15,7 +16,7 @@ import components.lidar_rasters
 import components.scenes
 from components.lidar_rasters import CellSums, Points, bin_points
 from components.lidar_rasters import Grid as LidarGrid
-from components.scenes import SceneError, load_scene, scene_dirs
+from components.scenes import SceneError, load_scene, scene_dirs, tiles_of
 from foundation.config import LIDAR_CHANNEL_CHOICES, Config
 from foundation.scene_folder import (LABELS_FILE, LAZ_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file,
                                      span_folder)
@@ -427,3 +428,13 @@ def test_points_counted_in_place_or_sorted_give_the_same_rasters(tmp_path, monke
     sorted_ = load_scene(scene_dir, ALL_CHANNELS)
     np.testing.assert_array_equal(sorted_.lidar, counted.lidar)
     np.testing.assert_array_equal(sorted_.lidar_valid, counted.lidar_valid)
+
+
+def test_a_scene_is_cut_into_the_fewest_even_tiles_of_whole_blocks_each_reading_its_halo():
+    grid = LidarGrid(CRS.from_string(REFERENCE_CRS), reference_transform(), 640, 1000)
+    tiles = tiles_of(grid, 16, 32, 32)
+    assert [(t.row, t.col, t.height, t.width) for t in tiles] == [
+        (0, 0, 320, 512), (0, 512, 320, 488), (320, 0, 320, 512), (320, 512, 320, 488)]
+    assert [(t.read.row_off, t.read.col_off, t.read.height, t.read.width) for t in tiles] == [
+        (0, 0, 352, 544), (0, 480, 352, 520), (288, 0, 352, 544), (288, 480, 352, 520)]
+    assert [tile.core for tile in tiles][3] == (slice(32, 352), slice(32, 520))
