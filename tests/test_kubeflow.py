@@ -491,7 +491,9 @@ def launched(tmp_path_factory):
     # Scenes of the default size: smaller ones leave too few test patches of water for the gate.
     generate_sample(root / "data", Config(), spans=2, scenes_per_span=3, seed=1)
     config = Config().replace({
-        "model.epochs": 3,
+        # 3 epochs failed the gate once in clean-clone CI (2026-12-02): training is not reproducible run to run
+        # (docs/benchmarks.md), and a test of the compiled spec must not hang on a coin toss at the recall floors.
+        "model.epochs": 12,
         "run.data_root": str(root / "data"), "run.pipeline_root": str(root / "pipeline"),
         "kubeflow.spec_file": str(root / "terrafuse.yaml"),
     })
