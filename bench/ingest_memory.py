@@ -8,17 +8,21 @@ its examples let go once serialized) and notes the peak again; the parent compar
 scene's pixels with a default scene.
 
     python -m bench.ingest_memory RESULT_JSON SCENE_DIR [SECTION.KEY=VALUE ...]
+
+The code before tiles runs in bench/ingest_reference.py's child, from its commit's files (`extract_commit`).
 """
 from __future__ import annotations
 
 import gc
 import json
+import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import BenchError, peak_rss_mib, run_measured
+from bench.measure import REPO, BenchError, peak_rss_mib, run_measured
 from foundation.environment import prepare_tensorflow
 
 
@@ -31,6 +35,35 @@ def ingest_memory(scene_dir: Path, work: Path, name: str, overrides: list[str]) 
     measure = run_measured(["-m", "bench.ingest_memory", str(out), str(scene_dir), *overrides], log)
     if measure.returncode != 0 or not out.exists():
         raise BenchError(f"{name}: ingest_memory exited {measure.returncode}; see {log}")
+    return json.loads(out.read_text())
+
+
+def extract_commit(commit: str, tree: Path) -> Path:
+    """The commit's files under `tree`, from this clone's history; once, and whole or not at all (extracted beside
+    it, then renamed), so a tree already there is that commit's."""
+    if not tree.is_dir():
+        archive = subprocess.run(["git", "archive", commit], cwd=REPO, capture_output=True, check=False)
+        if archive.returncode != 0:
+            raise BenchError(f"cannot extract commit {commit} (a clone with its history is needed): "
+                             f"{archive.stderr.decode(errors='replace').strip()}")
+        partial = tree.with_name(tree.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        subprocess.run(["tar", "-x", "-C", str(partial)], input=archive.stdout, check=True)
+        partial.rename(tree)
+    return tree
+
+
+def reference_ingest(tree: Path, scene_dir: Path, work: Path, name: str, overrides: list[str]) -> dict[str, Any]:
+    """bench/ingest_reference.py's child on one scene with the old code of `tree`: patches, seconds, CPU seconds."""
+    out = work / "jobs" / f"{name}.result.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.unlink(missing_ok=True)
+    log = work / "logs" / f"{name}.log"
+    measure = run_measured([str(REPO / "bench" / "ingest_reference.py"), str(out), str(scene_dir), *overrides], log,
+                           code=tree)
+    if measure.returncode != 0 or not out.exists():
+        raise BenchError(f"{name}: ingest_reference exited {measure.returncode}; see {log}")
     return json.loads(out.read_text())
 
 

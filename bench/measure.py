@@ -55,11 +55,14 @@ def _tree_rss(process: psutil.Process) -> int:
     return total
 
 
-def run_measured(args: list[str], log_path: Path) -> ProcessMeasure:
-    """`python ARGS` from the repository root, output to log_path; wall time and sampled peak tree memory."""
+def run_measured(args: list[str], log_path: Path, code: Path = REPO) -> ProcessMeasure:
+    """`python ARGS` from the repository root, output to log_path; wall time and sampled peak tree memory. `code`:
+    another tree of the project (an older commit's) whose packages the process imports first."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if code != REPO:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(code), env.get("PYTHONPATH")]))
     peak = 0
     stop = threading.Event()
     with open(log_path, "w") as log:

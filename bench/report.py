@@ -11,7 +11,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 
-from bench.settings import INGEST_BEFORE_COMMIT, TARGETS, UNSEEN  # noqa: E402
+from bench.settings import TARGETS, UNSEEN  # noqa: E402
 from foundation.config import SPLITS  # noqa: E402
 from pipeline.component_ids import EVALUATOR, SCENE_EXAMPLE_GEN, TRAINER, TRANSFORM  # noqa: E402
 
@@ -67,13 +67,16 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                      "measured": f"{_n(large['peak_rss_mib'])} vs {_n(default['peak_rss_mib'])} MiB = "
                                  f"{memory['ratio']:.2f}x ({_n(above[0])} vs {_n(above[1])} MiB above the imports)",
                      "passed": memory["ratio"] <= TARGETS.ingest_memory_ratio})
-        before = TARGETS.ingest_large_scene_patches_per_core_second_before
+        speed = memory["throughput"]
+        before, tiled = speed["median_before"], speed["median_tiled"]
         rows.append({"issue": 13, "target": f"... at no less than today's patches/s per core: the "
-                                            f"{memory['large_scene_multiple']}x scene >= {_n(before)} (whole-scene "
-                                            f"ingestion at {INGEST_BEFORE_COMMIT}, same child and scene)",
-                     "measured": f"{_n(large['patches_per_core_second'])} patches/s per core "
-                                 f"({_n(large['patches'])} patches, {large['cpu_seconds']:.2f} CPU s)",
-                     "passed": large["patches_per_core_second"] >= before})
+                                            f"{memory['large_scene_multiple']}x scene's median over "
+                                            f"{len(speed['patches_per_core_second']['tiled'])} fresh processes >= "
+                                            f"that of whole-scene ingestion at {speed['before_commit']} (same child, "
+                                            "scene and machine, in turns)",
+                     "measured": f"{_n(tiled)} vs {_n(before)} patches/s per core = {100 * tiled / before:.0f} % "
+                                 f"({_n(speed['patches'])} patches)",
+                     "passed": tiled >= before})
     run = results.get("pipeline")
     if run and "error" not in run:
         fresh, cached = run["fresh"], run["cached"]
@@ -415,6 +418,14 @@ def _ingest(data: dict[str, Any], results: dict[str, Any]) -> list[str]:
             lines.append(f"| {run['name']} | {_n(run['patches'])} | {run['cpu_seconds']:.2f} "
                          f"| {_n(run['patches_per_core_second'])} | {_n(run['peak_rss_mib_after_imports'])} "
                          f"| {_n(run['peak_rss_mib'])} |")
+        speed = data["memory"]["throughput"]
+        lines += ["", f"Patches per core second on the {data['memory']['large_scene_multiple']}x scene, fresh "
+                      f"processes in turns, whole-scene ingestion at {speed['before_commit']} "
+                      "(bench/ingest_reference.py) then the tiled code (the child above): "
+                      + "; ".join(f"{_n(before)} then {_n(tiled)}" for before, tiled in
+                                  zip(speed["patches_per_core_second"]["before"],
+                                      speed["patches_per_core_second"]["tiled"]))
+                      + f"; medians {_n(speed['median_before'])} and {_n(speed['median_tiled'])}."]
     c = data["component"]
     lines += ["", f"SceneExampleGen component in the fresh pipeline run (section 2): {_s(c['seconds'])} s for "
                   f"{_n(c['patches'])} patches, {_n(c['patches_per_second'])} patches/s (Beam set-up, block "

@@ -16,10 +16,12 @@ from typing import Any, Callable
 import numpy as np
 
 from bench.floor import scene_folders
+from bench.ingest_memory import extract_commit, reference_ingest
 from bench.ingest_memory import ingest_memory as measure_ingest_memory
 from bench.measure import BenchError, ProcessMeasure, run_floor, run_pipelines, run_predict
 from bench.report import weakest
-from bench.settings import RETRAIN_SEED_OFFSET, TARGETS, UNSEEN, UNSEEN_SEED_OFFSET, Settings
+from bench.settings import (INGEST_BEFORE_COMMIT, RETRAIN_SEED_OFFSET, TARGETS, UNSEEN, UNSEEN_SEED_OFFSET,
+                            Settings)
 from bench.worker import CLASS_DROP, EXAMPLES, FLOOR, MACRO_DROP, MAJORITY_EXCESS, record
 from components.scene_example_gen import scene_examples
 from components.scenes import load_scene
@@ -200,7 +202,9 @@ INGEST_MEMORY_LARGEST_MULTIPLE = 64
 def ingest_memory(bench: Bench) -> dict[str, Any]:
     """Issue 13: ingestion's peak memory and patches per core second (bench/ingest_memory.py) for one default
     scene, one scene of TARGETS.ingest_large_scene_multiple times its pixels (and points) and one of
-    INGEST_MEMORY_LARGEST_MULTIPLE times, each in a fresh process."""
+    INGEST_MEMORY_LARGEST_MULTIPLE times, each in a fresh process; then the large scene's patches per core second,
+    the code before tiles (INGEST_BEFORE_COMMIT, bench/ingest_reference.py) and the tiled code in turns, on the same
+    machine at the same time, so that their ratio does not depend on the machine."""
     from pipeline.predict import scene_dirs_of_span
 
     settings = bench.settings
@@ -217,10 +221,27 @@ def ingest_memory(bench: Bench) -> dict[str, Any]:
         run = measure_ingest_memory(Path(scene), bench.work, f"ingest-memory-{len(runs)}", INGEST_MEMORY_OVERRIDES)
         runs.append({"name": name, **run, "patches_per_core_second": run["patches"] / run["cpu_seconds"]})
     default, large, _ = runs
+    large_scene = Path(scenes[f"{multiple}x scene"])
+    tree = extract_commit(INGEST_BEFORE_COMMIT, bench.work / "code" / INGEST_BEFORE_COMMIT)
+    turns: dict[str, list[float]] = {"before": [], "tiled": []}
+    for turn in range(settings.ingest_throughput_turns):
+        progress("ingest", f"patches per core second on the {multiple}x scene, turn {turn + 1} of "
+                           f"{settings.ingest_throughput_turns}: {INGEST_BEFORE_COMMIT}, then the tiled code")
+        before = reference_ingest(tree, large_scene, bench.work, f"ingest-before-{turn}", INGEST_MEMORY_OVERRIDES)
+        tiled = measure_ingest_memory(large_scene, bench.work, f"ingest-tiled-{turn}", INGEST_MEMORY_OVERRIDES)
+        if before["patches"] != tiled["patches"]:
+            raise BenchError(f"ingest: {INGEST_BEFORE_COMMIT} cut {before['patches']} patches of {large_scene}, "
+                             f"the tiled code {tiled['patches']}: their speeds would not compare")
+        turns["before"].append(before["patches"] / before["cpu_seconds"])
+        turns["tiled"].append(tiled["patches"] / tiled["cpu_seconds"])
     return {"large_scene_multiple": multiple, "overrides": INGEST_MEMORY_OVERRIDES, "runs": runs,
             "ratio": large["peak_rss_mib"] / default["peak_rss_mib"],
             "ratio_above_imports": ((large["peak_rss_mib"] - large["peak_rss_mib_after_imports"])
-                                    / (default["peak_rss_mib"] - default["peak_rss_mib_after_imports"]))}
+                                    / (default["peak_rss_mib"] - default["peak_rss_mib_after_imports"])),
+            "throughput": {"before_commit": INGEST_BEFORE_COMMIT, "patches": large["patches"],
+                           "patches_per_core_second": turns,
+                           "median_before": statistics.median(turns["before"]),
+                           "median_tiled": statistics.median(turns["tiled"])}}
 
 
 def pipeline(bench: Bench) -> dict[str, Any]:

@@ -10,6 +10,7 @@ sums of the cells of a tile's window are added up there (CellSums), the counts p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 from affine import Affine
@@ -18,6 +19,7 @@ from rasterio.transform import array_bounds
 from scipy.interpolate import griddata
 from scipy.ndimage import binary_dilation, distance_transform_edt, find_objects, label
 from scipy.spatial import QhullError
+from threadpoolctl import ThreadpoolController
 
 from foundation.scene_folder import MULTISPECTRAL_FILE
 
@@ -294,7 +296,16 @@ def _triangulate_gaps(surface: np.ndarray) -> np.ndarray:
             continue
         window = surface[rows, cols]
         try:
-            window[gap] = griddata(np.nonzero(rim), window[rim], np.nonzero(gap), method="linear")
+            with _blas_controller().limit(limits=1, user_api="blas"):
+                window[gap] = griddata(np.nonzero(rim), window[rim], np.nonzero(gap), method="linear")
         except QhullError:  # rim cells on one line: no triangles, the nearest-cell fill covers this gap
             continue
     return surface
+
+
+@cache
+def _blas_controller() -> ThreadpoolController:
+    """The process's BLAS libraries. Qhull's point location wakes OpenBLAS's threads for tiny problems, which
+    then spin about 0.1 s after every gap: a third more CPU for an ingestion step, for nothing (bench.ingest_memory
+    at 16x, docs/design-notes.md "Large scenes")."""
+    return ThreadpoolController()

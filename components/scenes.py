@@ -56,6 +56,11 @@ _NO_LABEL = -1
 # Points read at a time: about 25 MB of records and arrays, whatever the cloud's size. A multiple of LAZ's default
 # chunk of 50,000 points, so a range starts where the decoder can seek to.
 POINTS_PER_CHUNK = 250_000
+# The layers of a LAZ 1.4 point (formats 6 to 10) holding the fields ingestion reads (x, y, z, number of returns,
+# classification, intensity); GPS time, scan angle, flags, user data and point source stay undecoded, a fifth of
+# the decoding. Older formats are not layered and decode whole.
+_POINT_LAYERS = (laspy.DecompressionSelection.XY_RETURNS_CHANNEL | laspy.DecompressionSelection.Z
+                 | laspy.DecompressionSelection.CLASSIFICATION | laspy.DecompressionSelection.INTENSITY)
 # Source pixels read beyond the footprint of a window being resampled: bilinear needs one, one more for rounding.
 _SOURCE_PAD = 2
 # A damaged point cloud fails in laspy, in lazrs (a RuntimeError subclass) or in pyproj (its CRS VLR).
@@ -287,7 +292,7 @@ def read_point_range(plan: ScenePlan, start: int, count: int) -> tuple[SparseCel
         with scene_errors(plan.scene_id, path):
             to_grid = _to_reference_crs(plan.scene_id, path, plan.cloud_crs_wkt, plan.grid)
             try:
-                with laspy.open(path) as reader:
+                with laspy.open(path, decompression_selection=_POINT_LAYERS) as reader:
                     if start:
                         reader.seek(start)
                     points = reader.read_points(count)

@@ -9,6 +9,7 @@ import rasterio
 import tensorflow as tf
 from affine import Affine
 from rasterio.crs import CRS
+from threadpoolctl import threadpool_info, threadpool_limits
 from tiny_scenes import (POINT_CLOUD_FILE, REFERENCE_CRS, SIZE, Grid, ground_z, multispectral_value,
                          reference_transform, region_interior, truth, write_point_cloud, write_raster, write_scene)
 
@@ -16,7 +17,7 @@ import components.lidar_rasters
 import components.scenes
 from components.lidar_rasters import CellSums, Points, bin_points
 from components.lidar_rasters import Grid as LidarGrid
-from components.scenes import SceneError, load_scene, scene_dirs, tiles_of
+from components.scenes import SceneError, load_scene, plan_scene, read_point_range, scene_dirs, tiles_of
 from foundation.config import LIDAR_CHANNEL_CHOICES, Config
 from foundation.scene_folder import (LABELS_FILE, LAZ_FILE, MULTISPECTRAL_FILE, POINT_CLOUD_FILES, lidar_raster_file,
                                      span_folder)
@@ -114,6 +115,25 @@ def test_ground_under_roofs_and_canopy_is_interpolated_from_the_ground_around(tm
     assert rasters.filled_cells["height"] == 0
 
 
+def test_ground_gaps_are_triangulated_with_blas_on_one_thread(tmp_path, monkeypatch):
+    """Qhull's point location wakes OpenBLAS's threads, which then spin on cores a worker does not own; the
+    limit holds during each gap's interpolation only."""
+    seen = []
+    interpolate = components.lidar_rasters.griddata
+
+    def recording(*args, **kwargs):
+        seen.append({info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"})
+        return interpolate(*args, **kwargs)
+
+    monkeypatch.setattr(components.lidar_rasters, "griddata", recording)
+    scene_dir = write_scene(tmp_path, no_ground=[(3, 13, 24, 36)])
+    with threadpool_limits(2, user_api="blas"):
+        load_scene(scene_dir, CONFIG)
+        after = {info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"}
+    assert seen and all(threads == {1} for threads in seen)
+    assert after == {2}
+
+
 @pytest.mark.parametrize("lidar", ["las", "laz"])
 def test_a_point_cloud_read_in_small_chunks_gives_the_rasters_of_one_read(tmp_path, monkeypatch, lidar):
     """Points are summed per cell chunk by chunk, never held whole: 97 points at a time (the tiny cloud holds
@@ -125,6 +145,22 @@ def test_a_point_cloud_read_in_small_chunks_gives_the_rasters_of_one_read(tmp_pa
     np.testing.assert_allclose(chunked.lidar, whole.lidar, rtol=1e-12, equal_nan=True)
     np.testing.assert_array_equal(chunked.lidar_valid, whole.lidar_valid)
     assert chunked.filled_cells == whole.filled_cells
+
+
+def test_a_layered_laz_decodes_every_field_the_rasters_need(tmp_path):
+    """Point format 6 LAZ is read layer by layer, skipping the layers ingestion does not use: the sums must be
+    those of the points decoded whole, every field (a layer left out would read as zeros)."""
+    scene_dir = write_scene(tmp_path, lidar="laz", no_ground=[(3, 13, 24, 36)])
+    plan = plan_scene(scene_dir, CONFIG)
+    cells, stats = read_point_range(plan, 0, plan.promised_points)
+    las = laspy.read(scene_dir / LAZ)
+    assert las.header.point_format.id == 6 and len(np.unique(las.intensity)) > 1 and las.number_of_returns.max() > 1
+    expected, expected_stats = bin_points(Points(np.asarray(las.x), np.asarray(las.y), np.asarray(las.z),
+                                                 np.asarray(las.classification), np.asarray(las.intensity),
+                                                 np.asarray(las.number_of_returns)), plan.grid)
+    assert stats == expected_stats
+    for field in ("cells", "count", "top", "intensity", "multiple", "ground_count", "ground_z"):
+        np.testing.assert_array_equal(getattr(cells, field), getattr(expected, field), err_msg=field)
 
 
 def cell_sums(grid, points, row0=0, col0=0, height=None, width=None):
