@@ -28,13 +28,19 @@ from foundation.environment import prepare_tensorflow
 
 def ingest_memory(scene_dir: Path, work: Path, name: str, overrides: list[str]) -> dict[str, Any]:
     """The child on one scene: patches, seconds, CPU seconds, peak MiB after the imports and at the end."""
+    return _child_result(["-m", "bench.ingest_memory"], scene_dir, work, name, overrides)
+
+
+def _child_result(command: list[str], scene_dir: Path, work: Path, name: str, overrides: list[str],
+                  code: Path = REPO) -> dict[str, Any]:
+    """`python COMMAND RESULT_JSON SCENE_DIR OVERRIDES...` in a fresh process (packages from `code`), its result."""
     out = work / "jobs" / f"{name}.result.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.unlink(missing_ok=True)
     log = work / "logs" / f"{name}.log"
-    measure = run_measured(["-m", "bench.ingest_memory", str(out), str(scene_dir), *overrides], log)
+    measure = run_measured([*command, str(out), str(scene_dir), *overrides], log, code=code)
     if measure.returncode != 0 or not out.exists():
-        raise BenchError(f"{name}: ingest_memory exited {measure.returncode}; see {log}")
+        raise BenchError(f"{name}: {' '.join(command)} exited {measure.returncode}; see {log}")
     return json.loads(out.read_text())
 
 
@@ -56,15 +62,7 @@ def extract_commit(commit: str, tree: Path) -> Path:
 
 def reference_ingest(tree: Path, scene_dir: Path, work: Path, name: str, overrides: list[str]) -> dict[str, Any]:
     """bench/ingest_reference.py's child on one scene with the old code of `tree`: patches, seconds, CPU seconds."""
-    out = work / "jobs" / f"{name}.result.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.unlink(missing_ok=True)
-    log = work / "logs" / f"{name}.log"
-    measure = run_measured([str(REPO / "bench" / "ingest_reference.py"), str(out), str(scene_dir), *overrides], log,
-                           code=tree)
-    if measure.returncode != 0 or not out.exists():
-        raise BenchError(f"{name}: ingest_reference exited {measure.returncode}; see {log}")
-    return json.loads(out.read_text())
+    return _child_result([str(REPO / "bench" / "ingest_reference.py")], scene_dir, work, name, overrides, code=tree)
 
 
 def child(result: Path, scene_dir: str, overrides: list[str]) -> None:
